@@ -3,5 +3,27 @@
 //! The library reads and writes restic repositories (format version 2) and snapshots and
 //! restores directory trees; `ARCHITECTURE.md` maps its modules.
 
+pub mod archiver;
+pub mod backend;
+pub mod checker;
+pub mod chunker;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod filemode;
+pub mod fsapply;
+pub mod fsmeta;
+pub mod gojson;
+pub mod host;
 pub mod id;
+pub mod index;
+pub mod keyfile;
+pub mod lockfile;
 pub mod node;
+pub mod pack;
+pub mod polynomial;
+pub mod repository;
+pub mod restorer;
+pub mod snapshot;
+pub mod tree;
+pub mod unpacked;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ferry` binary: see `ferry::cli`.
+
+fn main() -> std::process::ExitCode {
+    ferry::cli::main()
+}

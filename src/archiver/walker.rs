@@ -1,0 +1,178 @@
+//! Walking the source tree: listing directories, reading metadata, dispatching files.
+//!
+//! The walker runs on its own thread, depth first, entries in byte order of their names. For
+//! every entry it reads the node's metadata; files whose type, size, mtime and ctime match the
+//! parent snapshot's node (and whose blobs are all in the index) keep the parent's content
+//! without being read; other files become [`FileJob`]s. Inode and device numbers are not
+//! compared, because they change when a volume is mounted on another node. The walker never
+//! follows symlinks and never crosses into a path it did not list itself.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::fsmeta;
+use crate::id::TreeId;
+use crate::node::{Node, NodeType};
+use crate::tree::Tree;
+
+use super::Shared;
+use super::file_saver::FileJob;
+use super::tree_saver::{DirParent, PendingDir};
+
+/// What to do with one listed entry.
+enum Action {
+    Read { had_previous: bool },
+    Descend { previous: Option<TreeId> },
+    Done,
+}
+
+/// Walks `path` as the directory that reports to `parent`. `previous` is the parent snapshot's
+/// tree for this directory.
+pub fn walk_dir(
+    shared: &Shared,
+    path: &Path,
+    parent: DirParent,
+    previous: Option<TreeId>,
+    jobs: &crossbeam_channel::Sender<FileJob>,
+) {
+    let names = match list_names(path) {
+        Ok(n) => n,
+        Err(e) => {
+            shared.warn(format!("list directory {}: {e}", path.display()));
+            Vec::new()
+        }
+    };
+    let previous_tree = previous.and_then(|id| match shared.load_tree(&id) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            shared.warn(format!(
+                "load parent tree {} for {}: {e}",
+                id.short(),
+                path.display()
+            ));
+            None
+        }
+    });
+    let mut slots = Vec::with_capacity(names.len());
+    let mut actions = Vec::with_capacity(names.len());
+    for name in names {
+        let child = path.join(std::ffi::OsStr::from_bytes(&name));
+        let meta = match std::fs::symlink_metadata(&child) {
+            Ok(m) => m,
+            Err(e) => {
+                shared.warn(format!("stat {}: {e}", child.display()));
+                continue;
+            }
+        };
+        let mut node =
+            match fsmeta::read_node(&child, &name, &meta, &shared.names, &shared.read_opts) {
+                Ok(n) => n,
+                Err(e) => {
+                    shared.warn(format!("read metadata of {}: {e}", child.display()));
+                    continue;
+                }
+            };
+        let prev = previous_tree.as_ref().and_then(|t| find(t, &name));
+        let action = match node.node_type {
+            NodeType::File => {
+                shared.stats.files_processed.fetch_add(1, Ordering::Relaxed);
+                match prev.filter(|p| unchanged(shared, p, &node)) {
+                    Some(p) => {
+                        node.content = p.content.clone();
+                        shared
+                            .stats
+                            .files_unmodified
+                            .fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .stats
+                            .bytes_processed
+                            .fetch_add(node.size, Ordering::Relaxed);
+                        Action::Done
+                    }
+                    None => Action::Read {
+                        had_previous: prev.is_some(),
+                    },
+                }
+            }
+            NodeType::Dir => Action::Descend {
+                previous: prev
+                    .filter(|p| p.node_type == NodeType::Dir)
+                    .and_then(|p| p.subtree),
+            },
+            _ => Action::Done,
+        };
+        let name = match action {
+            Action::Done => Vec::new(),
+            _ => node.name.clone(),
+        };
+        slots.push(Some(node));
+        actions.push((name, action));
+    }
+    let dir = PendingDir::new(slots, parent, previous);
+    for (slot, (name, action)) in actions.into_iter().enumerate() {
+        if let Action::Done = action {
+            continue;
+        }
+        let child = path.join(std::ffi::OsStr::from_bytes(&name));
+        match action {
+            Action::Read { had_previous } => {
+                dir.expect_one();
+                let job = FileJob {
+                    path: child,
+                    dir: Arc::clone(&dir),
+                    slot,
+                    had_previous,
+                };
+                if let Err(e) = jobs.send(job) {
+                    // The workers are gone: the pipeline is stopping.
+                    e.0.dir.complete_slot(shared, e.0.slot, |_| false);
+                }
+            }
+            Action::Descend { previous } => {
+                dir.expect_one();
+                if shared.aborted() {
+                    dir.complete_slot(shared, slot, |_| false);
+                    continue;
+                }
+                walk_dir(
+                    shared,
+                    &child,
+                    DirParent::Slot(Arc::clone(&dir), slot),
+                    previous,
+                    jobs,
+                );
+            }
+            Action::Done => {}
+        }
+    }
+    dir.release_walker(shared);
+}
+
+/// The names in `path`, sorted by bytes.
+fn list_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        names.push(entry?.file_name().as_bytes().to_vec());
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// The node called `name` in a sorted tree.
+fn find<'t>(tree: &'t Tree, name: &[u8]) -> Option<&'t Node> {
+    tree.nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &tree.nodes[i])
+}
+
+/// Whether `now` may reuse the content of `prev`.
+fn unchanged(shared: &Shared, prev: &Node, now: &Node) -> bool {
+    prev.node_type == NodeType::File
+        && prev.size == now.size
+        && prev.mtime == now.mtime
+        && prev.ctime == now.ctime
+        && prev.content.as_ref().is_some_and(|c| shared.all_known(c))
+}

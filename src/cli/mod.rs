@@ -1,0 +1,255 @@
+//! The `ferry` command line: argument parsing, repository opening, output and exit codes.
+//!
+//! Commands follow restic's names, flags and environment variables where restic has them,
+//! and restic's exit codes: 0 success, 1 error, 3 a snapshot that left out unreadable files,
+//! 10 no repository, 11 locked, 12 wrong password. With `--json`, output is restic's message
+//! shapes, one JSON object per line.
+
+mod commands;
+mod output;
+mod password;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::Backend;
+use crate::repository::{RepoError, Repository};
+
+pub use password::PasswordSource;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for any other error.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code for a snapshot that left out files it could not read.
+pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code when the repository does not exist.
+pub const EXIT_NO_REPOSITORY: u8 = 10;
+/// Exit code when the repository is locked.
+pub const EXIT_LOCKED: u8 = 11;
+/// Exit code for a wrong password.
+pub const EXIT_WRONG_PASSWORD: u8 = 12;
+
+/// ferry: a restic-compatible data mover for Kubernetes persistent volumes.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about)]
+pub struct Cli {
+    /// Repository location: a directory, local:/path, or memory:.
+    #[arg(short = 'r', long = "repo", env = "RESTIC_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository password.
+    #[arg(long, env = "RESTIC_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Shell command that prints the repository password.
+    #[arg(long, env = "RESTIC_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Print JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Concurrent requests to the store.
+    #[arg(long, default_value_t = 2, global = true)]
+    pub connections: usize,
+    /// Worker threads per CPU stage (0: one per core).
+    #[arg(long, default_value_t = 0, global = true)]
+    pub workers: usize,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository (format version 2).
+    Init,
+    /// Volume operations, as the node agent runs them.
+    Agent {
+        /// The agent command.
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// List snapshots.
+    Snapshots,
+    /// List the entries of a snapshot.
+    Ls {
+        /// Snapshot id, prefix or `latest`.
+        snapshot: String,
+    },
+    /// Check the repository's integrity.
+    Check {
+        /// Also read and verify every pack.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage key files (passwords).
+    Key {
+        /// The key command.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Print repository internals for debugging.
+    Cat {
+        /// config, index, snapshot, key, tree or blob.
+        kind: String,
+        /// The id (not for config).
+        id: Option<String>,
+    },
+    /// Remove stale locks (older than 30 minutes, or of dead processes on this host).
+    Unlock {
+        /// Remove every lock, stale or not.
+        #[arg(long)]
+        remove_all: bool,
+    },
+}
+
+/// Commands that run on volumes.
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Snapshot a directory: its content becomes the snapshot's root.
+    Snapshot {
+        /// The directory to snapshot.
+        path: PathBuf,
+        /// Tag the snapshot (repeatable), e.g. `plan=p1`.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Host name recorded in the snapshot.
+        #[arg(long, default_value = "ferry")]
+        host: String,
+        /// Parent snapshot (id, prefix or `latest`); by default the latest snapshot with the
+        /// same paths, host and tags.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Path recorded in the snapshot instead of PATH, e.g. /NAMESPACE/PVC.
+        #[arg(long)]
+        as_path: Option<String>,
+        /// Store the access time instead of copying the modification time.
+        #[arg(long)]
+        with_atime: bool,
+    },
+    /// Restore a snapshot into a directory.
+    Restore {
+        /// Snapshot id, prefix or `latest`.
+        snapshot: String,
+        /// The directory that receives the snapshot's root.
+        #[arg(long, short = 't')]
+        target: PathBuf,
+        /// Do not restore extended attributes matching this pattern (repeatable).
+        #[arg(long)]
+        exclude_xattr: Vec<String>,
+    },
+}
+
+/// Key file commands.
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List key files.
+    List,
+    /// Add a key file for a new password.
+    Add {
+        /// File holding the new password.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key file.
+    Remove {
+        /// The key id or prefix.
+        id: String,
+    },
+}
+
+/// Parses arguments, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(commands::run(&cli));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = exit_code_for(&e);
+            eprintln!("ferry: {}", error_chain(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+/// restic's exit code for an error.
+fn exit_code_for(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        let repo = cause
+            .downcast_ref::<RepoError>()
+            .or_else(
+                || match cause.downcast_ref::<crate::archiver::ArchiveError>() {
+                    Some(crate::archiver::ArchiveError::Repo(r)) => Some(r),
+                    _ => None,
+                },
+            )
+            .or_else(
+                || match cause.downcast_ref::<crate::restorer::RestoreError>() {
+                    Some(crate::restorer::RestoreError::Repo(r)) => Some(r),
+                    _ => None,
+                },
+            );
+        match repo {
+            Some(RepoError::NoRepository { .. }) => return EXIT_NO_REPOSITORY,
+            Some(RepoError::Locked { .. }) => return EXIT_LOCKED,
+            Some(RepoError::WrongPassword { .. }) => return EXIT_WRONG_PASSWORD,
+            _ => {}
+        }
+    }
+    EXIT_ERROR
+}
+
+impl Cli {
+    fn password_source(&self) -> PasswordSource {
+        PasswordSource {
+            file: self.password_file.clone(),
+            command: self.password_command.clone(),
+        }
+    }
+
+    fn backend(&self) -> anyhow::Result<Backend> {
+        let Some(loc) = &self.repo else {
+            anyhow::bail!("no repository given: use -r/--repo or RESTIC_REPOSITORY");
+        };
+        Ok(Backend::open(loc)?)
+    }
+
+    /// Opens the repository, optionally loading its index.
+    async fn open(&self, with_index: bool) -> anyhow::Result<Repository> {
+        let backend = self.backend()?;
+        let password = self.password_source().read()?;
+        let mut repo = Repository::open(backend, &password).await?;
+        if with_index {
+            repo.load_index().await?;
+        }
+        Ok(repo)
+    }
+}
