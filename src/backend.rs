@@ -82,9 +82,9 @@ pub enum BackendError {
         key: String,
         /// The repository location.
         location: String,
-        /// The store's error.
+        /// The store's error (boxed: it is large and errors travel far).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The location string could not be understood.
     #[error(
@@ -237,7 +237,7 @@ impl Backend {
                 op,
                 key,
                 location: self.location.clone(),
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -380,7 +380,7 @@ mod tests {
             .unwrap();
         let hex = id.to_hex();
         assert!(dir.path().join("data").join(&hex[..2]).join(&hex).is_file());
-        assert!(b.has_config().await.unwrap() == false);
+        assert!(!b.has_config().await.unwrap());
         assert_eq!(b.list(FileType::Pack).await.unwrap().len(), 1);
         assert!(b.list(FileType::Snapshot).await.unwrap().is_empty());
     }

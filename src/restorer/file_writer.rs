@@ -174,7 +174,7 @@ pub async fn write_all(
         }
         drop(tx);
     };
-    let writing = tokio::task::block_in_place(|| {
+    tokio::task::block_in_place(|| {
         let handle = tokio::runtime::Handle::current();
         std::thread::scope(|scope| {
             for i in 0..threads {
@@ -197,7 +197,6 @@ pub async fn write_all(
             handle.block_on(reader);
         });
     });
-    let _ = writing;
     Ok(())
 }
 
