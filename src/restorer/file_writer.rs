@@ -24,7 +24,7 @@ use crate::repository::{BlobCodec, Repository};
 use super::plan::{Plan, PlannedBlob};
 
 /// Packs read but not yet written, per writer thread.
-const QUEUE_PER_WRITER: usize = 2;
+const QUEUE_PER_WRITER: usize = 1;
 
 /// Content-writing state shared by the writer threads.
 pub struct Writers<'p> {
