@@ -1,7 +1,7 @@
 //! Writing file content: one pass over the packs, every blob written where it is used.
 //!
-//! Each pack that holds needed blobs is read once, as one ranged read from its first needed
-//! blob to its last, on the tokio side with a bounded number of reads in flight. Writer
+//! Each needed blob is read once: neighbouring blobs of a pack are read together in ranged
+//! reads of at most 4 MiB, on the tokio side with a bounded number of reads in flight. Writer
 //! threads open the blobs (decrypt, decompress, verify the id) and write each blob's plaintext
 //! at its offset in every file that uses it. A file is created (truncated, then extended to
 //! its full size, so that never-written ranges are holes) by whichever writer first touches
@@ -23,8 +23,11 @@ use crate::repository::{BlobCodec, Repository};
 
 use super::plan::{Plan, PlannedBlob};
 
-/// Packs read but not yet written, per writer thread.
-const QUEUE_PER_WRITER: usize = 1;
+/// Reads waiting for a writer, per writer thread.
+const QUEUE_PER_WRITER: usize = 2;
+
+/// The most bytes one read asks for (unless a single blob is larger).
+const MAX_READ: u64 = 4 * 1024 * 1024;
 
 /// Content-writing state shared by the writer threads.
 pub struct Writers<'p> {
@@ -51,14 +54,17 @@ impl<'p> Writers<'p> {
         self.errors.lock().expect("errors lock").push(msg);
     }
 
-    /// Creates the file once, at its full size.
-    fn ensure_created(&self, file: usize) -> Result<(), String> {
+    /// Creates the file once, at its full size. Returns the handle when this call created it,
+    /// so that the first write needs no second open.
+    fn ensure_created(&self, file: usize) -> Result<Option<File>, String> {
+        let mut fresh = None;
         self.created[file]
             .get_or_init(|| {
                 let f = &self.plan.files[file];
-                create_sized(&f.path, f.node.size)
+                create_sized(&f.path, f.node.size).map(|h| fresh = Some(h))
             })
-            .clone()
+            .clone()?;
+        Ok(fresh)
     }
 
     /// Creates every file that no blob created (empty files, all-zero files). Call after all
@@ -76,23 +82,15 @@ impl<'p> Writers<'p> {
         std::mem::take(&mut *self.errors.lock().expect("errors lock"))
     }
 
-    /// Writes the blobs of one pack; `bytes` starts at the pack offset `base`.
-    fn write_pack(
-        &self,
-        codec: &mut BlobCodec,
-        key: &Key,
-        pack: &PackId,
-        base: u64,
-        bytes: &[u8],
-        blobs: &[PlannedBlob],
-    ) {
-        for b in blobs {
-            let start = (u64::from(b.location.offset) - base) as usize;
+    /// Writes one read group: `bytes` holds the pack from offset `base` on.
+    fn write_group(&self, codec: &mut BlobCodec, key: &Key, group: &ReadGroup<'_>, bytes: &[u8]) {
+        for b in group.blobs {
+            let start = (u64::from(b.location.offset) - group.start) as usize;
             let end = start + b.location.length as usize;
             let Some(sealed) = bytes.get(start..end) else {
                 self.error(format!(
                     "pack {}: blob {} lies beyond the bytes read",
-                    pack.short(),
+                    group.pack.short(),
                     b.id.short()
                 ));
                 continue;
@@ -101,19 +99,22 @@ impl<'p> Writers<'p> {
             let plain = match codec.open(key, b.id, &mut buf, b.location.uncompressed_length) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.error(format!("pack {}: {e}", pack.short()));
+                    self.error(format!("pack {}: {e}", group.pack.short()));
                     continue;
                 }
             };
             let zero = is_zero(&plain);
             for u in &b.uses {
-                if let Err(e) = self.ensure_created(u.file) {
-                    self.error(e);
-                    continue;
-                }
+                let fresh = match self.ensure_created(u.file) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.error(e);
+                        continue;
+                    }
+                };
                 if !zero {
                     let path = &self.plan.files[u.file].path;
-                    if let Err(e) = write_at(path, &plain, u.offset) {
+                    if let Err(e) = write_at(fresh, path, &plain, u.offset) {
                         self.error(e);
                         continue;
                     }
@@ -125,43 +126,74 @@ impl<'p> Writers<'p> {
     }
 }
 
-/// Reads every needed pack and writes its blobs with `writers` threads.
+/// Consecutive blobs of one pack read with one request.
+struct ReadGroup<'p> {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    blobs: &'p [PlannedBlob],
+}
+
+/// Splits each pack's blobs (sorted by offset) into reads of at most [`MAX_READ`] bytes, or
+/// one blob when a blob alone is larger. Small reads keep restore memory low; blobs that
+/// are next to each other in a pack still share a request.
+fn read_groups(plan: &Plan) -> Vec<ReadGroup<'_>> {
+    let mut packs: Vec<(&PackId, &Vec<PlannedBlob>)> = plan.packs.iter().collect();
+    packs.sort_by_key(|(id, _)| **id);
+    let mut groups = Vec::new();
+    for (pack, blobs) in packs {
+        let mut first = 0;
+        while first < blobs.len() {
+            let start = u64::from(blobs[first].location.offset);
+            let mut last = first;
+            let mut end = start + u64::from(blobs[first].location.length);
+            while let Some(next) = blobs.get(last + 1) {
+                let next_end = u64::from(next.location.offset) + u64::from(next.location.length);
+                if next_end - start > MAX_READ {
+                    break;
+                }
+                last += 1;
+                end = end.max(next_end);
+            }
+            groups.push(ReadGroup {
+                pack: *pack,
+                start,
+                end,
+                blobs: &blobs[first..=last],
+            });
+            first = last + 1;
+        }
+    }
+    groups
+}
+
+/// Reads every needed blob and writes it with `threads` writer threads.
 pub async fn write_all(
     repo: &Arc<Repository>,
     w: &Writers<'_>,
     threads: usize,
     connections: usize,
-) -> Result<(), String> {
+) {
     let threads = threads.max(1);
-    let (tx, rx) = tokio::sync::mpsc::channel::<(PackId, u64, Bytes, &[PlannedBlob])>(
-        threads * QUEUE_PER_WRITER,
-    );
+    let groups = read_groups(w.plan);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<(&ReadGroup<'_>, Bytes)>(threads * QUEUE_PER_WRITER);
     let rx = Mutex::new(rx);
     let key = repo.key().clone();
     let reader = async {
-        let mut packs: Vec<(&PackId, &Vec<PlannedBlob>)> = w.plan.packs.iter().collect();
-        packs.sort_by_key(|(id, _)| **id);
-        let mut reads = futures::stream::iter(packs)
-            .map(|(id, blobs)| {
+        let mut reads = futures::stream::iter(&groups)
+            .map(|g| {
                 let repo = Arc::clone(repo);
                 async move {
-                    let start = blobs.iter().map(|b| u64::from(b.location.offset)).min();
-                    let end = blobs
-                        .iter()
-                        .map(|b| u64::from(b.location.offset) + u64::from(b.location.length))
-                        .max();
-                    let (Some(start), Some(end)) = (start, end) else {
-                        return Ok((*id, 0, Bytes::new(), blobs.as_slice()));
-                    };
                     let bytes = repo
                         .backend()
-                        .load_range(FileType::Pack, &id.0, start..end)
+                        .load_range(FileType::Pack, &g.pack.0, g.start..g.end)
                         .await
                         .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((*id, start, bytes, blobs.as_slice()))
+                    Ok::<_, String>((g, bytes))
                 }
             })
-            .buffer_unordered(connections.max(1));
+            .buffered(connections.max(1));
         while let Some(r) = reads.next().await {
             match r {
                 Ok(item) => {
@@ -186,10 +218,10 @@ pub async fn write_all(
                         let mut codec = BlobCodec::new();
                         loop {
                             let next = rx.lock().expect("queue lock").blocking_recv();
-                            let Some((pack, base, bytes, blobs)) = next else {
+                            let Some((group, bytes)) = next else {
                                 break;
                             };
-                            w.write_pack(&mut codec, key, &pack, base, &bytes, blobs);
+                            w.write_group(&mut codec, key, group, &bytes);
                         }
                     })
                     .expect("spawn writer thread");
@@ -197,10 +229,9 @@ pub async fn write_all(
             handle.block_on(reader);
         });
     });
-    Ok(())
 }
 
-fn create_sized(path: &Path, size: u64) -> Result<(), String> {
+fn create_sized(path: &Path, size: u64) -> Result<File, String> {
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -210,15 +241,20 @@ fn create_sized(path: &Path, size: u64) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("create {}: {e}", path.display()))?;
     f.set_len(size)
-        .map_err(|e| format!("set size of {}: {e}", path.display()))
+        .map_err(|e| format!("set size of {}: {e}", path.display()))?;
+    Ok(f)
 }
 
-fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<(), String> {
-    let f: File = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
+/// Writes at `offset`, through `fresh` when the file was just created, else by opening it.
+fn write_at(fresh: Option<File>, path: &Path, data: &[u8], offset: u64) -> Result<(), String> {
+    let f = match fresh {
+        Some(f) => f,
+        None => OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?,
+    };
     f.write_all_at(data, offset)
         .map_err(|e| format!("write {} at {offset}: {e}", path.display()))
 }

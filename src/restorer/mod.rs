@@ -123,9 +123,7 @@ async fn run(
         std::sync::atomic::Ordering::Relaxed,
     );
     let writers = file_writer::Writers::new(&plan, Arc::clone(&stats.bytes_done));
-    if let Err(e) = file_writer::write_all(repo, &writers, workers, opts.connections).await {
-        return Err(incomplete(&opts.target, vec![e]));
-    }
+    file_writer::write_all(repo, &writers, workers, opts.connections).await;
     writers.create_remaining();
     let mut errors = writers.take_errors();
     let finished = tokio::task::block_in_place(|| finish(&plan, &opts.apply, workers));

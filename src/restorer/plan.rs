@@ -51,7 +51,7 @@ pub struct PlannedBlob {
 pub struct Plan {
     /// Files whose content is written.
     pub files: Vec<PlannedFile>,
-    /// Blobs to read, grouped by pack.
+    /// Blobs to read, grouped by pack, each pack's in offset order.
     pub packs: HashMap<crate::id::PackId, Vec<PlannedBlob>>,
     /// `(new path, existing path)` hard links to make after content is written.
     pub hardlinks: Vec<(PathBuf, usize)>,
@@ -102,6 +102,9 @@ pub async fn plan(repo: &Repository, root: TreeId, target: &Path) -> Result<Plan
                 _ => plan.others.push((path, node)),
             }
         }
+    }
+    for blobs in plan.packs.values_mut() {
+        blobs.sort_by_key(|b| b.location.offset);
     }
     Ok(plan)
 }

@@ -415,7 +415,17 @@ impl Sandbox {
     /// id (restic 0.14's summary names only the short id, so it is looked up).
     #[track_caller]
     pub fn restic_backup(&self, src: &Path) -> String {
-        let mut cmd = self.restic_cmd(&self.password_file, ["backup", "--json", "."]);
+        self.restic_backup_with(src, &[])
+    }
+
+    /// `restic backup --json EXTRA... .` run inside `src`, asserting success; returns the full
+    /// snapshot id.
+    #[track_caller]
+    pub fn restic_backup_with(&self, src: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["backup", "--json"];
+        args.extend_from_slice(extra);
+        args.push(".");
+        let mut cmd = self.restic_cmd(&self.password_file, args);
         cmd.current_dir(src);
         let short = run(cmd).ok().summary().snapshot_id;
         self.restic_full_snapshot_id(&short)
@@ -464,6 +474,14 @@ impl Sandbox {
             target.as_os_str(),
         ])
         .ok()
+    }
+
+    /// How many snapshots `restic snapshots` lists; without locking, so that it also works
+    /// while another process holds an exclusive lock.
+    #[track_caller]
+    pub fn restic_snapshots_count(&self) -> usize {
+        let run = self.restic(["--no-lock", "snapshots", "--json"]).ok();
+        run.json().as_array().map_or(0, Vec::len)
     }
 
     /// The data blobs restic lists in the repository's index.
