@@ -18,6 +18,7 @@ pub mod host;
 pub mod id;
 pub mod index;
 pub mod keyfile;
+pub mod location;
 pub mod lockfile;
 pub mod node;
 pub mod pack;

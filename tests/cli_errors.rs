@@ -47,12 +47,17 @@ fn snapshot_args(src: &Path) -> [&OsStr; 3] {
     [OsStr::new("agent"), OsStr::new("snapshot"), src.as_os_str()]
 }
 
-/// Whether stderr holds at least one line and every line is short enough to read.
+/// Asserts that stderr says why the command failed, in plain text: stderr here is a pipe, not a
+/// terminal, so colour and cursor escape sequences would only garble logs.
 #[track_caller]
 fn assert_clear_error(run: &common::Run) {
     assert!(
         !run.stderr.trim().is_empty(),
         "a failure must say why on stderr\n{run}"
+    );
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "stderr is not a terminal but holds escape sequences\n{run}"
     );
 }
 
@@ -204,6 +209,7 @@ fn unknown_snapshot_is_a_clear_error() {
     let (_src, _id) = restic_repository_with_snapshot(&sb);
     let target = sb.dir("target");
     let run = sb.ferry(restore_args("deadbeef", &target)).code(EXIT_ERROR);
+    assert_clear_error(&run);
     run.stderr_mentions("deadbeef");
 }
 
@@ -291,6 +297,7 @@ fn exclusive_lock_of_another_process_exits_11() {
 
     let holder = ResticHoldingLock::start(&sb);
     let run = sb.ferry(snapshot_args(&src)).code(EXIT_LOCKED);
+    assert_clear_error(&run);
     run.stderr_mentions("lock");
     let run = sb.ferry(restore_args(&id, &target)).code(EXIT_LOCKED);
     run.stderr_mentions("lock");
@@ -304,6 +311,7 @@ fn exclusive_lock_of_another_process_exits_11() {
         "the killed restic left its lock"
     );
     let run = sb.ferry(snapshot_args(&src)).code(EXIT_LOCKED);
+    assert_clear_error(&run);
     run.stderr_mentions("lock");
     assert_eq!(
         sb.restic_snapshots_count(),
@@ -372,10 +380,12 @@ fn corrupted_pack_fails_check_naming_the_pack_and_fails_restore() {
     );
 
     let run = sb.ferry(["check", "--read-data"]).code(EXIT_ERROR);
+    assert_clear_error(&run);
     run.stderr_mentions(&pack_id[..8]);
 
     let target = sb.dir("target");
     let run = sb.ferry(restore_args(&id, &target)).code(EXIT_ERROR);
+    assert_clear_error(&run);
     let named = std::iter::once("big.bin")
         .chain(std::iter::once(&pack_id[..8]))
         .chain(blobs.iter().map(|b| &b[..8]))
@@ -409,6 +419,7 @@ fn truncated_index_is_a_clear_error_naming_it() {
     );
 
     let run = sb.ferry(["check"]).code(EXIT_ERROR);
+    assert_clear_error(&run);
     run.stderr_mentions(&index_id[..8]);
 
     // A restore either succeeds without the index (the packs hold everything) or fails naming
@@ -419,6 +430,7 @@ fn truncated_index_is_a_clear_error_naming_it() {
         assert_trees_equal(&src, &target, &CompareOptions::exact());
     } else {
         let run = run.code(EXIT_ERROR);
+        assert_clear_error(&run);
         run.stderr_mentions(&index_id[..8]);
     }
 }
@@ -498,6 +510,7 @@ fn unreadable_file_gives_a_partial_snapshot_and_exit_3() {
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
     });
     let run = case.snapshot().code(EXIT_PARTIAL);
+    assert_clear_error(&run);
     run.stderr_mentions("secret.txt");
     case.assert_readable_part_saved();
 }
@@ -511,6 +524,7 @@ fn unreadable_directory_gives_a_partial_snapshot_and_exit_3() {
         fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
     });
     let run = case.snapshot().code(EXIT_PARTIAL);
+    assert_clear_error(&run);
     run.stderr_mentions("closed-dir");
     case.assert_readable_part_saved();
 }

@@ -162,7 +162,8 @@ impl Shared {
 
     /// Records an entry that could not be read; the snapshot goes on without it.
     fn warn(&self, msg: String) {
-        tracing::warn!("{msg}");
+        // The caller reports warnings to the user; the log gets them only at debug level.
+        tracing::debug!("{msg}");
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.warnings.lock().expect("warnings lock").push(msg);
     }
