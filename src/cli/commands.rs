@@ -145,7 +145,7 @@ async fn snapshot(
         tags,
         parent,
         workers: cli.workers,
-        connections: cli.connections,
+        connections: cli.connections(repo.backend()),
         read_options: ReadOptions {
             with_atime,
             xattrs: true,
@@ -251,7 +251,7 @@ async fn restore(
         target: std::path::absolute(target)
             .with_context(|| format!("resolve target path {}", target.display()))?,
         workers: cli.workers,
-        connections: cli.connections,
+        connections: cli.connections(repo.backend()),
         apply,
     };
     if !cli.quiet && !cli.json {
@@ -405,7 +405,12 @@ async fn ls(cli: &Cli, spec: &str) -> anyhow::Result<u8> {
 async fn check(cli: &Cli, read_data: bool) -> anyhow::Result<u8> {
     let repo = Arc::new(cli.open(true).await?);
     let lock = repo.lock(false).await?;
-    let report = checker::check(Arc::clone(&repo), read_data, cli.connections).await;
+    let report = checker::check(
+        Arc::clone(&repo),
+        read_data,
+        cli.connections(repo.backend()),
+    )
+    .await;
     lock.release().await?;
     for n in &report.notes {
         if !cli.quiet {

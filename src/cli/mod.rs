@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendOptions, RetryPolicy};
 use crate::repository::{RepoError, Repository};
 
 pub use password::PasswordSource;
@@ -36,7 +36,8 @@ pub const EXIT_WRONG_PASSWORD: u8 = 12;
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about)]
 pub struct Cli {
-    /// Repository location: a directory, local:/path, or memory:.
+    /// Repository location: a directory, local:/path, s3:https://host/bucket/prefix,
+    /// s3://bucket/prefix, gs:bucket:/prefix, azure:container:/prefix, or memory:.
     #[arg(short = 'r', long = "repo", env = "RESTIC_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// File holding the repository password.
@@ -51,9 +52,30 @@ pub struct Cli {
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Concurrent requests to the store.
-    #[arg(long, default_value_t = 2, global = true)]
-    pub connections: usize,
+    /// Concurrent requests to the store [default: 5 for object stores, 2 for directories].
+    #[arg(long, global = true)]
+    pub connections: Option<usize>,
+    /// S3 endpoint (https://host:port), overriding the repository location's.
+    #[arg(long, env = "FERRY_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_DEFAULT_REGION, else us-east-1].
+    #[arg(long, global = true)]
+    pub s3_region: Option<String>,
+    /// Use path-style S3 requests (host/bucket/key) even for AWS.
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+    /// A PEM file of CA certificates to trust for the store's TLS.
+    #[arg(long, env = "RESTIC_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Accept any TLS certificate from the store (self-signed lab stores only).
+    #[arg(long, global = true)]
+    pub insecure_tls: bool,
+    /// The longest one request to the store may take, in seconds.
+    #[arg(long, default_value_t = 120, global = true)]
+    pub request_timeout: u64,
+    /// Retries of a failed request to a network store (with exponential backoff).
+    #[arg(long, default_value_t = 6, global = true)]
+    pub max_retries: u32,
     /// Worker threads per CPU stage (0: one per core).
     #[arg(long, default_value_t = 0, global = true)]
     pub workers: usize,
@@ -239,7 +261,27 @@ impl Cli {
         let Some(loc) = &self.repo else {
             anyhow::bail!("no repository given: use -r/--repo or RESTIC_REPOSITORY");
         };
-        Ok(Backend::open(loc)?)
+        let opts = BackendOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+            ca_bundle: self.cacert.clone(),
+            insecure_tls: self.insecure_tls,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
+            retry: RetryPolicy {
+                max_retries: self.max_retries,
+                ..RetryPolicy::NETWORK
+            },
+        };
+        Ok(Backend::open(loc, &opts)?)
+    }
+
+    /// Concurrent requests: the flag, else 2 for local directories and 5 for object stores
+    /// (restic's defaults).
+    fn connections(&self, backend: &Backend) -> usize {
+        self.connections
+            .unwrap_or(if backend.is_local() { 2 } else { 5 })
+            .max(1)
     }
 
     /// Opens the repository, optionally loading its index.

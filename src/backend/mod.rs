@@ -2,10 +2,13 @@
 //!
 //! A [`Backend`] maps restic's file kinds and ids to object keys in the default layout
 //! (`config`, `keys/<id>`, `snapshots/<id>`, `index/<id>`, `locks/<id>`, `data/<xx>/<id>`) under
-//! a prefix of one store, and offers whole-object and ranged reads, writes, listing and removal.
-//! It knows nothing of encryption or of what the bytes mean. Locations accepted here are a local
-//! directory (`/path`, `local:/path`, `file:///path`) and `memory:` (an in-process store, for
-//! tests); other stores arrive with their own parsing in a later module.
+//! a prefix of one store — a local directory, S3 or an S3-compatible store, GCS, Azure, or
+//! memory — and offers whole-object and ranged reads, writes, listing and removal. Requests to
+//! network stores are retried (`retry`); the stores are built in `open`. It knows nothing of
+//! encryption or of what the bytes mean.
+
+mod open;
+pub mod retry;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,9 +18,19 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use crate::id::Id;
+use crate::location::Location;
+
+pub use open::BackendOptions;
+pub use retry::RetryPolicy;
+
+/// Objects larger than this are uploaded in parts (S3 refuses single uploads over 5 GiB and
+/// large single requests fail more often on poor links).
+pub const MULTIPART_THRESHOLD: usize = 64 * 1024 * 1024;
+/// The size of each part of a multipart upload.
+const PART_SIZE: usize = 16 * 1024 * 1024;
 
 /// The kinds of file a repository holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,10 +100,16 @@ pub enum BackendError {
         source: Box<object_store::Error>,
     },
     /// The location string could not be understood.
-    #[error(
-        "unsupported repository location {0:?}: expected a local path, local:/path, file:///path or memory:"
-    )]
-    BadLocation(String),
+    #[error(transparent)]
+    BadLocation(#[from] crate::location::LocationError),
+    /// The store could not be set up (credentials, CA bundle, settings).
+    #[error("set up store for {location}: {reason}")]
+    Config {
+        /// The repository location.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// Preparing a local directory failed.
     #[error("create repository directory {path}: {source}")]
     LocalDir {
@@ -127,36 +146,55 @@ pub struct Backend {
     prefix: String,
     location: String,
     local_root: Option<std::path::PathBuf>,
+    retry: RetryPolicy,
 }
 
 impl Backend {
-    /// Opens the storage named by `location` without touching it.
-    pub fn open(location: &str) -> Result<Backend, BackendError> {
-        if location == "memory:" {
-            return Ok(Backend::memory());
+    /// Opens the storage named by `location` (see [`Location`]) without touching it.
+    pub fn open(location: &str, opts: &BackendOptions) -> Result<Backend, BackendError> {
+        let parsed = Location::parse(location)?;
+        match &parsed {
+            Location::Memory => Ok(Backend::memory()),
+            Location::Local(path) => {
+                let abs = std::path::absolute(path).map_err(|source| BackendError::LocalDir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Ok(Backend {
+                    store: Arc::new(LocalFileSystem::new()),
+                    prefix: local_prefix(&abs),
+                    location: abs.display().to_string(),
+                    local_root: Some(abs),
+                    retry: RetryPolicy::NONE,
+                })
+            }
+            _ => {
+                let (store, prefix) = open::network_store(&parsed, opts)?;
+                Ok(Backend::from_store(
+                    store,
+                    &prefix,
+                    &parsed.to_string(),
+                    opts.retry,
+                ))
+            }
         }
-        let path = if let Some(rest) = location.strip_prefix("local:") {
-            rest
-        } else if let Some(rest) = location.strip_prefix("file://") {
-            rest
-        } else if location.contains("://") || location.starts_with("s3:") {
-            return Err(BackendError::BadLocation(location.to_string()));
-        } else {
-            location
-        };
-        if path.is_empty() {
-            return Err(BackendError::BadLocation(location.to_string()));
+    }
+
+    /// A backend over any store: keys go under `prefix`, messages name `location`, and
+    /// requests are retried by `retry`. Tests use it to put a fault-injecting store in front.
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        location: &str,
+        retry: RetryPolicy,
+    ) -> Backend {
+        Backend {
+            store,
+            prefix: prefix.trim_matches('/').to_string(),
+            location: location.to_string(),
+            local_root: None,
+            retry,
         }
-        let abs = std::path::absolute(path).map_err(|source| BackendError::LocalDir {
-            path: path.to_string(),
-            source,
-        })?;
-        Ok(Backend {
-            store: Arc::new(LocalFileSystem::new()),
-            prefix: local_prefix(&abs),
-            location: abs.display().to_string(),
-            local_root: Some(abs),
-        })
     }
 
     /// A fresh, empty in-process store.
@@ -166,7 +204,13 @@ impl Backend {
             prefix: String::new(),
             location: "memory:".to_string(),
             local_root: None,
+            retry: RetryPolicy::NONE,
         }
+    }
+
+    /// Whether this is a local directory (where fewer parallel requests are better).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
     }
 
     /// The location as given to [`Backend::open`], for messages.
@@ -243,24 +287,39 @@ impl Backend {
     }
 
     /// Stores `bytes` as the file `(t, id)`, replacing nothing that differs: ids name content,
-    /// so writing an existing id writes the same bytes again.
+    /// so writing an existing id writes the same bytes again. Objects over
+    /// [`MULTIPART_THRESHOLD`] go up in parts.
     pub async fn save(&self, t: FileType, id: &Id, bytes: Bytes) -> Result<(), BackendError> {
         let (key, path) = self.path(t, id);
-        self.store
-            .put(&path, PutPayload::from_bytes(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_err("write", key, e))
+        retry::with_retries(&self.retry, "write", &key, || {
+            let bytes = bytes.clone();
+            let path = &path;
+            async move {
+                if bytes.len() > MULTIPART_THRESHOLD {
+                    let upload = self.store.put_multipart(path).await?;
+                    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    w.put(bytes);
+                    w.finish().await.map(|_| ())
+                } else {
+                    self.store
+                        .put(path, PutPayload::from_bytes(bytes))
+                        .await
+                        .map(|_| ())
+                }
+            }
+        })
+        .await
+        .map_err(|e| self.map_err("write", key, e))
     }
 
     /// Reads a whole file.
     pub async fn load(&self, t: FileType, id: &Id) -> Result<Bytes, BackendError> {
         let (key, path) = self.path(t, id);
-        let got = self.store.get(&path).await;
-        match got {
-            Ok(r) => r.bytes().await.map_err(|e| self.map_err("read", key, e)),
-            Err(e) => Err(self.map_err("read", key, e)),
-        }
+        retry::with_retries(&self.retry, "read", &key, || async {
+            self.store.get(&path).await?.bytes().await
+        })
+        .await
+        .map_err(|e| self.map_err("read", key, e))
     }
 
     /// Reads `range` of a file. The result may be shorter only if the file is.
@@ -271,17 +330,17 @@ impl Backend {
         range: Range<u64>,
     ) -> Result<Bytes, BackendError> {
         let (key, path) = self.path(t, id);
-        self.store
-            .get_range(&path, range)
-            .await
-            .map_err(|e| self.map_err("read range of", key, e))
+        retry::with_retries(&self.retry, "read range of", &key, || {
+            self.store.get_range(&path, range.clone())
+        })
+        .await
+        .map_err(|e| self.map_err("read range of", key, e))
     }
 
     /// The size of a file in bytes.
     pub async fn size(&self, t: FileType, id: &Id) -> Result<u64, BackendError> {
         let (key, path) = self.path(t, id);
-        self.store
-            .head(&path)
+        retry::with_retries(&self.retry, "stat", &key, || self.store.head(&path))
             .await
             .map(|m| m.size)
             .map_err(|e| self.map_err("stat", key, e))
@@ -301,7 +360,11 @@ impl Backend {
     pub async fn list(&self, t: FileType) -> Result<Vec<Listed>, BackendError> {
         let dir = self.join(t.dir());
         let prefix = ObjectPath::from(dir.as_str());
-        let metas: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
+        let listed = retry::with_retries(&self.retry, "list", &dir, || {
+            self.store.list(Some(&prefix)).try_collect::<Vec<_>>()
+        })
+        .await;
+        let metas = match listed {
             Ok(m) => m,
             Err(e) => return Err(self.map_err("list", dir, e)),
         };
@@ -320,7 +383,7 @@ impl Backend {
     /// Removes a file. Removing a file that does not exist is not an error.
     pub async fn remove(&self, t: FileType, id: &Id) -> Result<(), BackendError> {
         let (key, path) = self.path(t, id);
-        match self.store.delete(&path).await {
+        match retry::with_retries(&self.retry, "remove", &key, || self.store.delete(&path)).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_err("remove", key, e)),
@@ -371,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn local_layout_matches_restic() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backend::open(dir.path().to_str().unwrap()).unwrap();
+        let b = Backend::open(dir.path().to_str().unwrap(), &BackendOptions::default()).unwrap();
         b.create_layout().unwrap();
         assert!(dir.path().join("data/ff").is_dir());
         let id = Id::hash(b"x");
