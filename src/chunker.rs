@@ -101,9 +101,31 @@ pub fn cut_point(data: &[u8]) -> usize {
     cut.clamp(1, data.len())
 }
 
+/// Whether every byte is zero, a word at a time.
+pub fn is_zero(data: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: u64 has no invalid bit patterns, and align_to only reinterprets the aligned
+        // middle part of the slice.
+        unsafe { data.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 1001]));
+        let mut v = vec![0u8; 4099];
+        v[4098] = 1;
+        assert!(!is_zero(&v));
+        v[4098] = 0;
+        v[3] = 9;
+        assert!(!is_zero(&v));
+    }
 
     fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);

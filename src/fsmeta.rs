@@ -147,8 +147,8 @@ fn parse_id_file(contents: &[u8]) -> HashMap<u32, String> {
 /// Builds a [`Node`] for `path`, named `name` in its parent, from its `lstat` metadata `meta`.
 ///
 /// Fills type, Go mode, mtime/atime/ctime to the nanosecond (atime = mtime unless
-/// `opts.with_atime`), uid/gid and their names, inode, `device_id` (`st_dev`), `size` (files
-/// only), `links` (`st_nlink`, recorded for files, symlinks and devices only, as restic does;
+/// `opts.with_atime`), uid/gid and their names, inode and `device_id` (`st_dev`) for files with
+/// more than one link only (see below), `size` (files only), `links` (`st_nlink`, recorded for files, symlinks and devices only, as restic does;
 /// 0 for directories, fifos and sockets), the raw `readlink` bytes for symlinks, `st_rdev` as
 /// `device` for block and character devices, and, when `opts.xattrs`, the extended attributes
 /// of every namespace the kernel lists (`user.`, `trusted.`, `security.`, `system.`), in
@@ -183,13 +183,19 @@ pub fn read_node(
     node.gid = meta.gid();
     node.user = names.user(node.uid);
     node.group = names.group(node.gid);
-    node.inode = meta.ino();
-    node.device_id = meta.dev();
 
     match node_type {
         NodeType::File => {
             node.size = meta.size();
             node.links = meta.nlink();
+            // Inode and device identify hard links and nothing else here. They change when a
+            // volume is mounted on another node, so recording them for every file would make
+            // the trees of an unchanged volume differ from one node to the next (restic's
+            // device-id-for-hardlinks feature goes half this way).
+            if node.links > 1 {
+                node.inode = meta.ino();
+                node.device_id = meta.dev();
+            }
         }
         NodeType::Symlink => {
             node.links = meta.nlink();
@@ -479,8 +485,11 @@ pub(crate) mod tests {
         assert_eq!(node.ctime.secs, meta.ctime());
         assert_eq!(node.uid, meta.uid());
         assert_eq!(node.gid, meta.gid());
-        assert_eq!(node.inode, meta.ino());
-        assert_eq!(node.device_id, meta.dev());
+        assert_eq!(
+            (node.inode, node.device_id),
+            (0, 0),
+            "single links record no inode"
+        );
         assert_eq!(node.size, 5);
         assert_eq!(node.links, 1);
         assert_eq!(node.content, Some(vec![]));
@@ -520,7 +529,10 @@ pub(crate) mod tests {
         let a = dir.path().join("a");
         std::fs::write(&a, b"x").unwrap();
         std::fs::hard_link(&a, dir.path().join("b")).unwrap();
-        assert_eq!(read(&a).links, 2);
+        let linked = read(&a);
+        assert_eq!(linked.links, 2);
+        let meta = std::fs::symlink_metadata(&a).unwrap();
+        assert_eq!((linked.inode, linked.device_id), (meta.ino(), meta.dev()));
         let d = dir.path().join("d");
         std::fs::create_dir(&d).unwrap();
         let node = read(&d);

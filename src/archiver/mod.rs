@@ -3,7 +3,7 @@
 //! The pipeline, with the thread each stage runs on and the bounded queue between stages:
 //!
 //! ```text
-//! walker (1 thread) ─FileJob[64]→ file workers (N) ─NewChunk[N]→ blob savers (N)
+//! walkers (N)       ─FileJob[64]→ file workers (N) ─NewChunk[N]→ blob savers (N)
 //!        │                              │                                   │
 //!        └──── trees, bottom-up, saved by whoever completes a directory ────┴─→ pack saver
 //!                                                     (1 packer thread, uploads on tokio)
@@ -371,13 +371,23 @@ fn run_threads(
         }
         drop(chunk_tx);
         drop(job_rx);
-        walker::walk_dir(
-            shared,
-            source,
-            tree_saver::DirParent::Root,
-            previous,
-            &job_tx,
-        );
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("ferry-walk-{i}"))
+            .build()
+        {
+            Ok(pool) => pool.scope(|s| {
+                walker::walk_dir(
+                    s,
+                    shared,
+                    source.to_path_buf(),
+                    tree_saver::DirParent::Root,
+                    previous,
+                    &job_tx,
+                )
+            }),
+            Err(e) => shared.fail(format!("start the directory walkers: {e}")),
+        }
         drop(job_tx);
     });
 }

@@ -1,14 +1,16 @@
 //! Walking the source tree: listing directories, reading metadata, dispatching files.
 //!
-//! The walker runs on its own thread, depth first, entries in byte order of their names. For
-//! every entry it reads the node's metadata; files whose type, size, mtime and ctime match the
+//! The walker runs on a small pool of its own: each directory is listed by one task, which
+//! spawns a task per subdirectory, so directories are listed and stat'ed in parallel while
+//! each tree keeps its entries in byte order of their names. For every entry it reads the
+//! node's metadata; files whose type, size, mtime and ctime match the
 //! parent snapshot's node (and whose blobs are all in the index) keep the parent's content
 //! without being read; other files become [`FileJob`]s. Inode and device numbers are not
 //! compared, because they change when a volume is mounted on another node. The walker never
 //! follows symlinks and never crosses into a path it did not list itself.
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,15 +30,17 @@ enum Action {
     Done,
 }
 
-/// Walks `path` as the directory that reports to `parent`. `previous` is the parent snapshot's
-/// tree for this directory.
-pub fn walk_dir(
-    shared: &Shared,
-    path: &Path,
+/// Walks `path` as the directory that reports to `parent`, spawning its subdirectories onto
+/// `scope`. `previous` is the parent snapshot's tree for this directory.
+pub fn walk_dir<'s>(
+    scope: &rayon::Scope<'s>,
+    shared: &'s Shared,
+    path: PathBuf,
     parent: DirParent,
     previous: Option<TreeId>,
-    jobs: &crossbeam_channel::Sender<FileJob>,
+    jobs: &'s crossbeam_channel::Sender<FileJob>,
 ) {
+    let path = path.as_path();
     let names = match list_names(path) {
         Ok(n) => n,
         Err(e) => {
@@ -136,13 +140,8 @@ pub fn walk_dir(
                     dir.complete_slot(shared, slot, |_| false);
                     continue;
                 }
-                walk_dir(
-                    shared,
-                    &child,
-                    DirParent::Slot(Arc::clone(&dir), slot),
-                    previous,
-                    jobs,
-                );
+                let parent = DirParent::Slot(Arc::clone(&dir), slot);
+                scope.spawn(move |s| walk_dir(s, shared, child, parent, previous, jobs));
             }
             Action::Done => {}
         }

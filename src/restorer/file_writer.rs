@@ -104,7 +104,7 @@ impl<'p> Writers<'p> {
                     continue;
                 }
             };
-            let zero = is_zero(&plain);
+            let zero = crate::chunker::is_zero(&plain);
             for u in &b.uses {
                 let fresh = match self.ensure_created(u.file) {
                     Ok(f) => f,
@@ -260,29 +260,7 @@ fn write_at(fresh: Option<File>, path: &Path, data: &[u8], offset: u64) -> Resul
         .map_err(|e| format!("write {} at {offset}: {e}", path.display()))
 }
 
-/// Whether every byte is zero, a word at a time.
-pub fn is_zero(data: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: u64 has no invalid bit patterns, and align_to only reinterprets the aligned
-        // middle part of the slice.
-        unsafe { data.align_to::<u64>() }
-    };
-    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[]));
-        assert!(is_zero(&[0; 1001]));
-        let mut v = vec![0u8; 4099];
-        v[4098] = 1;
-        assert!(!is_zero(&v));
-        v[4098] = 0;
-        v[3] = 9;
-        assert!(!is_zero(&v));
-    }
 }

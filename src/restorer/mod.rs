@@ -20,8 +20,6 @@ use crate::id::TreeId;
 use crate::node::{Node, NodeType};
 use crate::repository::{RepoError, Repository};
 
-pub use file_writer::is_zero;
-
 /// How to restore.
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
