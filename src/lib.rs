@@ -28,3 +28,4 @@ pub mod restorer;
 pub mod snapshot;
 pub mod tree;
 pub mod unpacked;
+pub mod verify;

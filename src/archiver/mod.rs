@@ -61,6 +61,8 @@ pub struct SnapshotOptions {
     pub connections: usize,
     /// Metadata reading options.
     pub read_options: ReadOptions,
+    /// `source` is a block device (or a file standing in for one) to snapshot as one file.
+    pub block: bool,
 }
 
 /// Counters of a running snapshot, for progress display and the summary.
@@ -214,7 +216,7 @@ pub async fn snapshot(
         path: opts.source.display().to_string(),
         source,
     })?;
-    if !meta.is_dir() {
+    if !opts.block && !meta.is_dir() {
         return Err(ArchiveError::Source {
             path: opts.source.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
@@ -259,8 +261,9 @@ async fn run_snapshot(
     let source = opts.source.clone();
     let previous = opts.parent.as_ref().map(|(_, s)| s.tree);
     let sh = Arc::clone(&shared);
+    let block = opts.block;
     let pipeline =
-        tokio::task::spawn_blocking(move || run_threads(&sh, &source, previous, workers));
+        tokio::task::spawn_blocking(move || run_threads(&sh, &source, previous, workers, block));
     let joined = pipeline.await;
     // Drop the last sender so that the pack saver can finish.
     let shared = match Arc::try_unwrap(shared) {
@@ -348,6 +351,7 @@ fn run_threads(
     source: &std::path::Path,
     previous: Option<TreeId>,
     workers: usize,
+    block: bool,
 ) {
     let (job_tx, job_rx) = crossbeam_channel::bounded(FILE_QUEUE);
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(workers);
@@ -376,6 +380,7 @@ fn run_threads(
             .thread_name(|i| format!("ferry-walk-{i}"))
             .build()
         {
+            Ok(_) if block => walker::block_volume(shared, source, previous, &job_tx),
             Ok(pool) => pool.scope(|s| {
                 walker::walk_dir(
                     s,

@@ -149,6 +149,50 @@ pub fn walk_dir<'s>(
     dir.release_walker(shared);
 }
 
+/// Snapshots a block device, or a regular file standing in for one, as the single file of
+/// the root tree, named after the source. The node takes the source's owner, permissions and
+/// times; its size is whatever the reader finds. It is always read: a device's mtime says
+/// nothing about its content, and unchanged chunks deduplicate anyway.
+pub fn block_volume(
+    shared: &Shared,
+    source: &Path,
+    previous: Option<TreeId>,
+    jobs: &crossbeam_channel::Sender<FileJob>,
+) {
+    let name = source
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_else(|| b"volume".to_vec());
+    let mut node = match std::fs::metadata(source)
+        .and_then(|m| fsmeta::read_node(source, &name, &m, &shared.names, &shared.read_opts))
+    {
+        Ok(n) => n,
+        Err(e) => {
+            shared.fail(format!("read metadata of {}: {e}", source.display()));
+            return;
+        }
+    };
+    node.node_type = NodeType::File;
+    // A plain file with the source's permission bits (Go mode: no type bits).
+    node.mode &= 0o777;
+    node.device = 0;
+    node.links = 1;
+    node.content = Some(Vec::new());
+    shared.stats.files_processed.fetch_add(1, Ordering::Relaxed);
+    let dir = PendingDir::new(vec![Some(node)], DirParent::Root, previous);
+    dir.expect_one();
+    let job = FileJob {
+        path: source.to_path_buf(),
+        dir: Arc::clone(&dir),
+        slot: 0,
+        had_previous: previous.is_some(),
+    };
+    if let Err(e) = jobs.send(job) {
+        e.0.dir.complete_slot(shared, e.0.slot, |_| false);
+    }
+    dir.release_walker(shared);
+}
+
 /// The names in `path`, sorted by bytes.
 fn list_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();

@@ -19,37 +19,19 @@ use crate::snapshot::Snapshot;
 use crate::{checker, gojson};
 
 use super::output::{self, Progress};
-use super::{AgentCommand, Cli, Command, EXIT_OK, EXIT_PARTIAL, KeyCommand};
+use super::{
+    AgentCommand, Cli, Command, EXIT_OK, EXIT_PARTIAL, KeyCommand, RestoreArgs, SnapshotArgs,
+    VerifyArgs,
+};
 
 /// Runs the parsed command; returns the exit code for outcomes that are not errors.
 pub async fn run(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Init => init(cli).await,
         Command::Agent { command } => match command {
-            AgentCommand::Snapshot {
-                path,
-                tags,
-                host,
-                parent,
-                as_path,
-                with_atime,
-            } => {
-                snapshot(
-                    cli,
-                    path,
-                    tags,
-                    host,
-                    parent.as_deref(),
-                    as_path.as_deref(),
-                    *with_atime,
-                )
-                .await
-            }
-            AgentCommand::Restore {
-                snapshot,
-                target,
-                exclude_xattr,
-            } => restore(cli, snapshot, target, exclude_xattr).await,
+            AgentCommand::Snapshot(args) => snapshot(cli, args).await,
+            AgentCommand::Restore(args) => restore(cli, args).await,
+            AgentCommand::Verify(args) => verify(cli, args).await,
         },
         Command::Snapshots => snapshots(cli).await,
         Command::Ls { snapshot } => ls(cli, snapshot).await,
@@ -96,15 +78,11 @@ async fn tick_until<F: Fn()>(done: &tokio::sync::Notify, f: F) {
     }
 }
 
-async fn snapshot(
-    cli: &Cli,
-    path: &std::path::Path,
-    tags: &[String],
-    host: &str,
-    parent: Option<&str>,
-    as_path: Option<&str>,
-    with_atime: bool,
-) -> anyhow::Result<u8> {
+async fn snapshot(cli: &Cli, args: &SnapshotArgs) -> anyhow::Result<u8> {
+    let path = &args.path;
+    let host = args.host.as_str();
+    let parent = args.parent.as_deref();
+    let as_path = args.as_path.as_deref();
     let source = std::path::absolute(path)
         .with_context(|| format!("resolve source path {}", path.display()))?;
     let recorded = match as_path {
@@ -113,7 +91,7 @@ async fn snapshot(
     };
     let repo = Arc::new(cli.open(true).await?);
     let paths = vec![recorded];
-    let mut tags = tags.to_vec();
+    let mut tags = args.tags.clone();
     tags.sort();
     let parent = match parent {
         Some(spec) => Some(repo.find_snapshot(spec, |_| true).await?),
@@ -147,9 +125,10 @@ async fn snapshot(
         workers: cli.workers,
         connections: cli.connections(repo.backend()),
         read_options: ReadOptions {
-            with_atime,
+            with_atime: args.with_atime,
             xattrs: true,
         },
+        block: args.block,
     };
     let stats = Arc::new(Stats::default());
     let progress = Progress::new(cli.json, cli.quiet);
@@ -237,22 +216,25 @@ async fn snapshot(
     }
 }
 
-async fn restore(
-    cli: &Cli,
-    spec: &str,
-    target: &std::path::Path,
-    exclude_xattr: &[String],
-) -> anyhow::Result<u8> {
+async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<u8> {
     let repo = Arc::new(cli.open(true).await?);
-    let (id, snap) = repo.find_snapshot(spec, |_| true).await?;
+    let (id, snap) = repo.find_snapshot(&args.snapshot, |_| true).await?;
+    let base = match &args.base {
+        Some(spec) => Some(repo.find_snapshot(spec, |_| true).await?.1.tree),
+        None => None,
+    };
     let mut apply = ApplyOptions::for_current_user();
-    apply.exclude_xattr.extend(exclude_xattr.iter().cloned());
+    apply
+        .exclude_xattr
+        .extend(args.exclude_xattr.iter().cloned());
     let opts = RestoreOptions {
-        target: std::path::absolute(target)
-            .with_context(|| format!("resolve target path {}", target.display()))?,
+        target: std::path::absolute(&args.target)
+            .with_context(|| format!("resolve target path {}", args.target.display()))?,
         workers: cli.workers,
         connections: cli.connections(repo.backend()),
         apply,
+        delete: args.delete,
+        base,
     };
     if !cli.quiet && !cli.json {
         eprintln!(
@@ -267,9 +249,23 @@ async fn restore(
     let started = Instant::now();
     let done = tokio::sync::Notify::new();
     let work = async {
-        let r = restorer::restore(Arc::clone(&repo), snap.tree, &opts, &stats).await;
+        let r = if args.block {
+            let _lock = repo.lock(false).await?;
+            let r = restorer::restore_block(
+                Arc::clone(&repo),
+                snap.tree,
+                &opts.target,
+                opts.connections,
+                &stats,
+            )
+            .await;
+            _lock.release().await?;
+            r
+        } else {
+            restorer::restore(Arc::clone(&repo), snap.tree, &opts, &stats).await
+        };
         done.notify_one();
-        r
+        r.map_err(anyhow::Error::from)
     };
     let show = tick_until(&done, || {
         progress.update(
@@ -283,6 +279,9 @@ async fn restore(
     progress.finish();
     let out = result?;
     let elapsed = started.elapsed().as_secs_f64();
+    if out.base_rejected && !cli.quiet {
+        eprintln!("warning: the target does not hold the base snapshot; compared the whole tree");
+    }
     if cli.json {
         println!(
             "{}",
@@ -290,21 +289,61 @@ async fn restore(
                 "message_type": "summary",
                 "snapshot_id": id.to_hex(),
                 "total_files": out.files + out.dirs + out.others,
-                "files_restored": out.files,
+                "files_restored": out.files_written,
+                "files_skipped": out.files - out.files_written,
+                "files_deleted": out.removed,
                 "total_bytes": out.bytes,
-                "bytes_restored": out.bytes,
+                "bytes_restored": out.bytes_fetched,
+                "skipped_by_base": out.skipped_by_base,
+                "base_rejected": out.base_rejected,
                 "seconds_elapsed": elapsed,
             })
         );
     } else if !cli.quiet {
         println!(
-            "restored {} files, {} directories, {} other entries, {} in {:.1}s",
+            "restored {} files ({} written, {} fetched), {} directories, {} other entries, {} removed in {:.1}s",
             out.files,
+            out.files_written,
+            output::bytes(out.bytes_fetched),
             out.dirs,
             out.others,
-            output::bytes(out.bytes),
+            out.removed,
             elapsed
         );
+    }
+    Ok(EXIT_OK)
+}
+
+async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
+    let opts = crate::verify::VerifyOptions {
+        exclude_xattr: args.exclude_xattr.clone(),
+        threads: cli.workers,
+    };
+    let path = args.path.clone();
+    let report = tokio::task::spawn_blocking(move || crate::verify::digest(&path, &opts))
+        .await
+        .context("verify task")??;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "message_type": "verify",
+                "digest": report.hex(),
+                "entries": report.entries,
+                "files": report.files,
+                "bytes": report.bytes,
+            })
+        );
+    } else {
+        if !cli.quiet {
+            println!(
+                "{} entries, {} files, {}",
+                report.entries,
+                report.files,
+                output::bytes(report.bytes)
+            );
+        }
+        println!("{}", report.hex());
     }
     Ok(EXIT_OK)
 }

@@ -133,37 +133,69 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
     /// Snapshot a directory: its content becomes the snapshot's root.
-    Snapshot {
-        /// The directory to snapshot.
-        path: PathBuf,
-        /// Tag the snapshot (repeatable), e.g. `plan=p1`.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Host name recorded in the snapshot.
-        #[arg(long, default_value = "ferry")]
-        host: String,
-        /// Parent snapshot (id, prefix or `latest`); by default the latest snapshot with the
-        /// same paths, host and tags.
-        #[arg(long)]
-        parent: Option<String>,
-        /// Path recorded in the snapshot instead of PATH, e.g. /NAMESPACE/PVC.
-        #[arg(long)]
-        as_path: Option<String>,
-        /// Store the access time instead of copying the modification time.
-        #[arg(long)]
-        with_atime: bool,
-    },
-    /// Restore a snapshot into a directory.
-    Restore {
-        /// Snapshot id, prefix or `latest`.
-        snapshot: String,
-        /// The directory that receives the snapshot's root.
-        #[arg(long, short = 't')]
-        target: PathBuf,
-        /// Do not restore extended attributes matching this pattern (repeatable).
-        #[arg(long)]
-        exclude_xattr: Vec<String>,
-    },
+    Snapshot(SnapshotArgs),
+    /// Restore a snapshot into a directory (empty, or holding an earlier restore).
+    Restore(RestoreArgs),
+    /// Print a BLAKE3 digest of a whole tree (see `ferry::verify` for what it covers).
+    Verify(VerifyArgs),
+}
+
+/// `ferry agent snapshot`.
+#[derive(clap::Args, Debug)]
+pub struct SnapshotArgs {
+    /// The directory to snapshot (with --block: the block device or file).
+    pub path: PathBuf,
+    /// Tag the snapshot (repeatable), e.g. `plan=p1`.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot.
+    #[arg(long, default_value = "ferry")]
+    pub host: String,
+    /// Parent snapshot (id, prefix or `latest`); by default the latest snapshot with the
+    /// same paths, host and tags.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Path recorded in the snapshot instead of PATH, e.g. /NAMESPACE/PVC.
+    #[arg(long)]
+    pub as_path: Option<String>,
+    /// Store the access time instead of copying the modification time.
+    #[arg(long)]
+    pub with_atime: bool,
+    /// PATH is a block device (or a file standing in for one): snapshot it as one file.
+    #[arg(long)]
+    pub block: bool,
+}
+
+/// `ferry agent restore`.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id, prefix or `latest`.
+    pub snapshot: String,
+    /// The directory that receives the snapshot's root (with --block: the device or file).
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Remove whatever the snapshot does not have: the target becomes an exact mirror.
+    #[arg(long)]
+    pub delete: bool,
+    /// A snapshot the target already holds: only what differs from it is touched.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Do not restore extended attributes matching this pattern (repeatable).
+    #[arg(long)]
+    pub exclude_xattr: Vec<String>,
+    /// Write a block snapshot's volume onto TARGET (a device or a file).
+    #[arg(long)]
+    pub block: bool,
+}
+
+/// `ferry agent verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The tree to digest.
+    pub path: PathBuf,
+    /// Leave extended attributes matching this pattern out (repeatable).
+    #[arg(long)]
+    pub exclude_xattr: Vec<String>,
 }
 
 /// Key file commands.

@@ -29,10 +29,34 @@ const QUEUE_PER_WRITER: usize = 2;
 /// The most bytes one read asks for (unless a single blob is larger).
 const MAX_READ: u64 = 4 * 1024 * 1024;
 
+/// Which files have been created: each file is created once, at its full size, by whichever
+/// thread touches it first (a comparison or a writer).
+pub struct Created(Vec<OnceLock<Result<(), String>>>);
+
+impl Created {
+    /// Nothing created yet, for the files of `plan`.
+    pub fn new(plan: &Plan) -> Created {
+        Created((0..plan.files.len()).map(|_| OnceLock::new()).collect())
+    }
+
+    /// Creates file `file`'s write path (replacing a stale temporary file) at its full size
+    /// once. Returns the handle when this call created it, so the first write needs no open.
+    pub fn ensure(&self, plan: &Plan, file: usize) -> Result<Option<File>, String> {
+        let mut fresh = None;
+        self.0[file]
+            .get_or_init(|| {
+                let f = &plan.files[file];
+                create_sized(f.write_path(), f.node.size).map(|h| fresh = Some(h))
+            })
+            .clone()?;
+        Ok(fresh)
+    }
+}
+
 /// Content-writing state shared by the writer threads.
 pub struct Writers<'p> {
     plan: &'p Plan,
-    created: Vec<OnceLock<Result<(), String>>>,
+    created: &'p Created,
     /// Bytes written so far (holes included), for progress.
     pub bytes_done: Arc<AtomicU64>,
     errors: Mutex<Vec<String>>,
@@ -40,10 +64,10 @@ pub struct Writers<'p> {
 
 impl<'p> Writers<'p> {
     /// Writers for `plan`.
-    pub fn new(plan: &'p Plan, bytes_done: Arc<AtomicU64>) -> Self {
+    pub fn new(plan: &'p Plan, created: &'p Created, bytes_done: Arc<AtomicU64>) -> Self {
         Writers {
             plan,
-            created: (0..plan.files.len()).map(|_| OnceLock::new()).collect(),
+            created,
             bytes_done,
             errors: Mutex::new(Vec::new()),
         }
@@ -55,24 +79,17 @@ impl<'p> Writers<'p> {
         self.errors.lock().expect("errors lock").push(msg);
     }
 
-    /// Creates the file once, at its full size. Returns the handle when this call created it,
-    /// so that the first write needs no second open.
     fn ensure_created(&self, file: usize) -> Result<Option<File>, String> {
-        let mut fresh = None;
-        self.created[file]
-            .get_or_init(|| {
-                let f = &self.plan.files[file];
-                create_sized(&f.path, f.node.size).map(|h| fresh = Some(h))
-            })
-            .clone()?;
-        Ok(fresh)
+        self.created.ensure(self.plan, file)
     }
 
-    /// Creates every file that no blob created (empty files, all-zero files). Call after all
-    /// content is written.
+    /// Creates every file to be written that no blob created (empty files, all-zero files).
+    /// Call after all content is written.
     pub fn create_remaining(&self) {
-        for i in 0..self.plan.files.len() {
-            if let Err(e) = self.ensure_created(i) {
+        for (i, f) in self.plan.files.iter().enumerate() {
+            if matches!(f.content, super::plan::Content::Write { .. })
+                && let Err(e) = self.ensure_created(i)
+            {
                 self.error(e);
             }
         }
@@ -114,7 +131,7 @@ impl<'p> Writers<'p> {
                     }
                 };
                 if !zero {
-                    let path = &self.plan.files[u.file].path;
+                    let path = self.plan.files[u.file].write_path();
                     if let Err(e) = write_at(fresh, path, &plain, u.offset) {
                         self.error(e);
                         continue;
@@ -233,6 +250,16 @@ pub async fn write_all(
 }
 
 fn create_sized(path: &Path, size: u64) -> Result<File, String> {
+    // A temporary file left by an interrupted restore is replaced, never followed.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            std::fs::remove_dir_all(path).map_err(|e| format!("remove {}: {e}", path.display()))?
+        }
+        Ok(_) => {
+            std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?
+        }
+        Err(_) => {}
+    }
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -258,9 +285,4 @@ fn write_at(fresh: Option<File>, path: &Path, data: &[u8], offset: u64) -> Resul
     };
     f.write_all_at(data, offset)
         .map_err(|e| format!("write {} at {offset}: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 }

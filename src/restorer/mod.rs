@@ -1,24 +1,35 @@
-//! Restores: turning a snapshot's trees back into files, directories and metadata on disk.
+//! Restores: turning a snapshot's trees into files, directories and metadata on disk, into an
+//! empty target or over an earlier restore.
 //!
-//! A restore runs in four steps: `plan` walks the trees and creates every directory; the
-//! `file_writer` reads each needed pack once and writes blobs into files at their offsets,
-//! with one writer thread per core and a bounded number of pack reads in flight; then hard
-//! links, symlinks, fifos and devices are created; last, metadata is applied — files first,
-//! then directories deepest first, so that writing into a directory never disturbs times
-//! already set on it. Nothing is written through a symlink: files are opened with
-//! `O_NOFOLLOW` and anything in the way of a directory is removed first.
+//! A restore runs in five steps. `plan` walks the trees against the target, creates
+//! directories, removes what is in the way (and, with `delete`, what the snapshot does not
+//! have) and decides per file: keep (same size and mtime), or write under a temporary name.
+//! `compare` reads the old version of each changed file and copies the chunks that still match
+//! into the temporary file. `file_writer` fetches only the remaining blobs, reading
+//! neighbouring blobs of a pack together, and writes them on one thread per core. Then every
+//! temporary file is renamed over its real name — so an interrupted restore never leaves a
+//! half-written file under a real name — and symlinks, fifos, devices and hard links are made.
+//! Last, metadata is applied: files, then directories deepest first, so that writing into a
+//! directory never disturbs times already set on it. Nothing is written through a symlink:
+//! whatever stands where a directory or file must go is removed first, and files are opened
+//! with `O_NOFOLLOW`.
 
+mod block;
+mod compare;
 mod file_writer;
 mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fsapply::{self, ApplyOptions};
 use crate::id::TreeId;
-use crate::node::{Node, NodeType};
+use crate::node::NodeType;
 use crate::repository::{RepoError, Repository};
+
+pub use block::restore_block;
+use plan::{Content, Plan, PlanOptions};
 
 /// How to restore.
 #[derive(Clone, Debug)]
@@ -31,6 +42,11 @@ pub struct RestoreOptions {
     pub connections: usize,
     /// Which metadata to apply.
     pub apply: ApplyOptions,
+    /// Remove whatever the snapshot does not have, so the target becomes an exact mirror.
+    pub delete: bool,
+    /// The root tree of a snapshot the target is known to hold: subtrees equal in both are
+    /// skipped without looking at the disk.
+    pub base: Option<TreeId>,
 }
 
 /// Progress counters of a running restore.
@@ -38,23 +54,33 @@ pub struct RestoreOptions {
 pub struct RestoreStats {
     /// Bytes of file content written (holes included).
     pub bytes_done: Arc<AtomicU64>,
-    /// Total bytes of file content, known once planning is done.
+    /// Total bytes of content to fetch, known once comparison is done.
     pub bytes_total: AtomicU64,
-    /// Files to write, known once planning is done.
+    /// Files in the snapshot, known once planning is done.
     pub files_total: AtomicU64,
 }
 
 /// What a restore did.
 #[derive(Debug, Default)]
 pub struct RestoreOutcome {
-    /// Files restored (hard links included).
+    /// Files in the snapshot (hard links included).
     pub files: u64,
-    /// Directories restored.
+    /// Files whose content was written (new or changed).
+    pub files_written: u64,
+    /// Directories.
     pub dirs: u64,
-    /// Other entries restored.
+    /// Other entries.
     pub others: u64,
-    /// Bytes of file content.
+    /// Bytes of file content in the snapshot's files that were written.
     pub bytes: u64,
+    /// Bytes fetched from the repository (blob plaintext).
+    pub bytes_fetched: u64,
+    /// Entries removed.
+    pub removed: u64,
+    /// Whether a base was given but the target did not hold it.
+    pub base_rejected: bool,
+    /// Entries skipped because the base had them unchanged.
+    pub skipped_by_base: u64,
 }
 
 /// What went wrong in a restore.
@@ -84,6 +110,14 @@ pub enum RestoreError {
         /// The first error.
         first: String,
     },
+    /// A block restore's target is not suitable.
+    #[error("restore block volume onto {target}: {reason}")]
+    Block {
+        /// The target.
+        target: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Restores the tree `root` of `repo` (index loaded) into `opts.target`.
@@ -112,28 +146,67 @@ async fn run(
     } else {
         opts.workers
     };
-    let plan = plan::plan(repo, root, &opts.target).await?;
-    stats
-        .bytes_total
-        .store(plan.total_bytes, std::sync::atomic::Ordering::Relaxed);
+    let mut base_rejected = false;
+    let base = match opts.base {
+        Some(b) if plan::target_holds(repo, &b, &opts.target).await? => Some(b),
+        Some(b) => {
+            tracing::warn!(
+                "target {} does not hold base tree {}: comparing the whole tree",
+                opts.target.display(),
+                b.short()
+            );
+            base_rejected = true;
+            None
+        }
+        None => None,
+    };
+    let popts = PlanOptions {
+        delete: opts.delete,
+        base,
+        repo,
+    };
+    let mut plan = plan::plan(&popts, root, &opts.target).await?;
     stats.files_total.store(
-        plan.files.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
+        (plan.files.len() + plan.hardlinks.len()) as u64,
+        Ordering::Relaxed,
     );
-    let writers = file_writer::Writers::new(&plan, Arc::clone(&stats.bytes_done));
+    let created = file_writer::Created::new(&plan);
+    let (needed, mut errors) =
+        tokio::task::block_in_place(|| compare::compare_all(repo, &plan, &created, workers));
+    let mut fetched = 0u64;
+    for (file, blob, offset) in &needed {
+        plan.add_blob_use(repo, *file, blob, *offset)?;
+        fetched += plan::blob_len(repo, blob)?;
+    }
+    plan.sort_packs();
+    stats.bytes_total.store(fetched, Ordering::Relaxed);
+    let writers = file_writer::Writers::new(&plan, &created, Arc::clone(&stats.bytes_done));
     file_writer::write_all(repo, &writers, workers, opts.connections).await;
     writers.create_remaining();
-    let mut errors = writers.take_errors();
-    let finished = tokio::task::block_in_place(|| finish(&plan, &opts.apply, workers));
-    errors.extend(finished);
+    errors.extend(writers.take_errors());
     if !errors.is_empty() {
+        // Temporary files stay; their real names keep the old content.
         return Err(incomplete(&opts.target, errors));
     }
+    let finished = tokio::task::block_in_place(|| finish(&plan, &opts.apply, workers));
+    if !finished.is_empty() {
+        return Err(incomplete(&opts.target, finished));
+    }
+    let written: Vec<_> = plan
+        .files
+        .iter()
+        .filter(|f| matches!(f.content, Content::Write { .. }))
+        .collect();
     Ok(RestoreOutcome {
         files: (plan.files.len() + plan.hardlinks.len()) as u64,
+        files_written: written.len() as u64,
         dirs: plan.dirs.len() as u64,
         others: plan.others.len() as u64,
-        bytes: plan.total_bytes,
+        bytes: written.iter().map(|f| f.node.size).sum(),
+        bytes_fetched: fetched,
+        removed: plan.removed,
+        base_rejected,
+        skipped_by_base: plan.skipped_by_base,
     })
 }
 
@@ -145,12 +218,28 @@ fn incomplete(target: &Path, errors: Vec<String>) -> RestoreError {
     }
 }
 
-/// Hard links, other entries, then metadata; returns the errors.
-fn finish(plan: &plan::Plan, apply: &ApplyOptions, workers: usize) -> Vec<String> {
+/// Renames, other entries, hard links, then metadata; returns the errors.
+fn finish(plan: &Plan, apply: &ApplyOptions, workers: usize) -> Vec<String> {
     let mut errors = Vec::new();
-    for (path, node) in &plan.others {
-        if let Err(e) = create_other(path, node) {
-            errors.push(e);
+    for f in &plan.files {
+        if let Content::Write { temp, .. } = &f.content
+            && let Err(e) = std::fs::rename(temp, &f.path)
+        {
+            errors.push(format!(
+                "rename {} to {}: {e}",
+                temp.display(),
+                f.path.display()
+            ));
+        }
+    }
+    for o in plan.others.iter().filter(|o| o.create) {
+        let made = match o.node.node_type {
+            NodeType::Symlink => fsapply::create_symlink(&o.path, &o.node.link_target),
+            NodeType::Socket => continue,
+            _ => fsapply::create_special(&o.path, &o.node),
+        };
+        if let Err(e) = made {
+            errors.push(format!("create {}: {e}", o.path.display()));
         }
     }
     // File metadata in parallel: chown, xattrs, chmod and utimensat are independent per file.
@@ -161,11 +250,19 @@ fn finish(plan: &plan::Plan, apply: &ApplyOptions, workers: usize) -> Vec<String
             .chunks(chunk)
             .map(|files| {
                 scope.spawn(move || {
-                    files
-                        .iter()
-                        .filter_map(|f| fsapply::apply_metadata(&f.path, &f.node, apply).err())
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
+                    let mut errs = Vec::new();
+                    for f in files {
+                        if f.existed
+                            && f.content == Content::Keep
+                            && let Err(e) = fsapply::remove_extra_xattrs(&f.path, &f.node, apply)
+                        {
+                            errs.push(e.to_string());
+                        }
+                        if let Err(e) = fsapply::apply_metadata(&f.path, &f.node, apply) {
+                            errs.push(e.to_string());
+                        }
+                    }
+                    errs
                 })
             })
             .collect();
@@ -181,7 +278,13 @@ fn finish(plan: &plan::Plan, apply: &ApplyOptions, workers: usize) -> Vec<String
     // Hard links share the inode whose metadata was just set.
     for (path, first) in &plan.hardlinks {
         let target = &plan.files[*first].path;
-        let _ = std::fs::remove_file(path);
+        if same_inode(path, target) {
+            continue;
+        }
+        if let Err(e) = plan::remove_entry(path) {
+            errors.push(e.to_string());
+            continue;
+        }
         if let Err(e) = std::fs::hard_link(target, path) {
             errors.push(format!(
                 "link {} to {}: {e}",
@@ -190,35 +293,36 @@ fn finish(plan: &plan::Plan, apply: &ApplyOptions, workers: usize) -> Vec<String
             ));
         }
     }
-    for (path, node) in &plan.others {
-        if node.node_type == NodeType::Socket {
+    for o in &plan.others {
+        if o.node.node_type == NodeType::Socket {
             continue;
         }
-        if let Err(e) = fsapply::apply_metadata(path, node, apply) {
+        if !o.create
+            && let Err(e) = fsapply::remove_extra_xattrs(&o.path, &o.node, apply)
+        {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = fsapply::apply_metadata(&o.path, &o.node, apply) {
             errors.push(e.to_string());
         }
     }
-    for (path, node) in plan.dirs.iter().rev() {
-        if let Err(e) = fsapply::apply_metadata(path, node, apply) {
+    for d in plan.dirs.iter().rev() {
+        if d.existed
+            && let Err(e) = fsapply::remove_extra_xattrs(&d.path, &d.node, apply)
+        {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = fsapply::apply_metadata(&d.path, &d.node, apply) {
             errors.push(e.to_string());
         }
     }
     errors
 }
 
-fn create_other(path: &Path, node: &Node) -> Result<(), String> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        let removed = if m.is_dir() {
-            std::fs::remove_dir_all(path)
-        } else {
-            std::fs::remove_file(path)
-        };
-        removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
-    let made = match node.node_type {
-        NodeType::Symlink => fsapply::create_symlink(path, &node.link_target),
-        NodeType::Socket => return Ok(()),
-        _ => fsapply::create_special(path, node),
-    };
-    made.map_err(|e| format!("create {}: {e}", path.display()))
 }

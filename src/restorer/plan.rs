@@ -1,22 +1,50 @@
-//! Planning a restore: walking the snapshot's trees and creating the skeleton.
+//! Planning a restore: walking the snapshot's trees against what the target already holds.
 //!
-//! The planner walks the trees from the root, creates every directory (so that file workers
-//! never race to create one), and lists what is left for later stages: files with the byte
-//! offset of each of their blobs, hard links to make once their first name is written,
-//! symlinks and special files, and directories whose metadata is applied last. Names that are
-//! empty, `.`, `..` or contain `/` are refused, so a hostile tree cannot reach outside the
-//! target.
+//! The planner walks the trees from the root and, directory by directory, compares each node
+//! with the entry of the same name on disk (`lstat`, never following anything). It decides
+//! what each entry needs: nothing but metadata (a file whose size and mtime match, a symlink
+//! with the same target), new content written under a temporary name (a new file, or a
+//! changed one whose old content is offered for chunk-by-chunk reuse), or removal of whatever
+//! is in the way of a different type. Directories are created here, so later stages never
+//! create one; with `delete`, entries the snapshot does not have are removed here too.
+//!
+//! With a base snapshot the target is known to hold, a node identical to the base's node of
+//! the same path is skipped without looking at the disk — for a directory, its whole subtree.
+//!
+//! Trees whose names are not strictly sorted (duplicates included), or that hold a name that
+//! is empty, `.`, `..` or contains `/` or NUL, are refused before anything is done with them,
+//! so a hostile tree cannot reach outside the target.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::id::{BlobType, TreeId};
+use crate::id::{BlobType, Id, PackId, TreeId};
 use crate::index::BlobLocation;
-use crate::node::{Node, NodeType};
+use crate::node::{Node, NodeType, Timestamp};
 use crate::repository::{RepoError, Repository};
+use crate::tree::Tree;
 
 use super::RestoreError;
+
+/// The prefix of the temporary names new content is written under.
+pub const TEMP_PREFIX: &[u8] = b".ferry-restore-tmp.";
+
+/// What happens to a file's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The target already holds it (same size and mtime): metadata only.
+    Keep,
+    /// Written to `temp`, then renamed over the final path. `old` is an existing file at the
+    /// final path whose chunks may be reused.
+    Write {
+        /// The temporary path in the same directory.
+        temp: PathBuf,
+        /// The previous file at the final path, if it was a regular file.
+        old: Option<PathBuf>,
+    },
+}
 
 /// A file to restore.
 pub struct PlannedFile {
@@ -24,6 +52,20 @@ pub struct PlannedFile {
     pub path: PathBuf,
     /// Its node (size, content, metadata).
     pub node: Node,
+    /// What happens to its content.
+    pub content: Content,
+    /// Whether an entry existed at `path` before (its extra xattrs must go).
+    pub existed: bool,
+}
+
+impl PlannedFile {
+    /// Where content is written: the temporary path, or the final one when kept.
+    pub fn write_path(&self) -> &Path {
+        match &self.content {
+            Content::Write { temp, .. } => temp,
+            Content::Keep => &self.path,
+        }
+    }
 }
 
 /// One use of a blob: which file and where in it.
@@ -41,40 +83,122 @@ pub struct PlannedBlob {
     /// Where the blob is.
     pub location: BlobLocation,
     /// Its id.
-    pub id: crate::id::Id,
+    pub id: Id,
     /// Every place it is written to.
     pub uses: Vec<BlobUse>,
 }
 
-/// Everything a restore does after the skeleton exists.
-#[derive(Default)]
-pub struct Plan {
-    /// Files whose content is written.
-    pub files: Vec<PlannedFile>,
-    /// Blobs to read, grouped by pack, each pack's in offset order.
-    pub packs: HashMap<crate::id::PackId, Vec<PlannedBlob>>,
-    /// `(new path, existing path)` hard links to make after content is written.
-    pub hardlinks: Vec<(PathBuf, usize)>,
-    /// Symlinks, fifos and devices, created after files, with their nodes.
-    pub others: Vec<(PathBuf, Node)>,
-    /// Directories in pre-order, for metadata applied in reverse at the end.
-    pub dirs: Vec<(PathBuf, Node)>,
-    /// Total bytes of file content to write.
-    pub total_bytes: u64,
+/// A symlink, fifo, device or socket.
+pub struct PlannedOther {
+    /// Where it goes.
+    pub path: PathBuf,
+    /// Its node.
+    pub node: Node,
+    /// Whether it must be created (false: the same thing is already there).
+    pub create: bool,
 }
 
-/// Builds the plan for restoring tree `root` into `target`, creating directories on the way.
-pub async fn plan(repo: &Repository, root: TreeId, target: &Path) -> Result<Plan, RestoreError> {
+/// A directory whose metadata is applied at the end.
+pub struct PlannedDir {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its node.
+    pub node: Node,
+    /// Whether it existed before.
+    pub existed: bool,
+}
+
+/// Everything a restore does after the planning walk.
+#[derive(Default)]
+pub struct Plan {
+    /// Files (the first name of each hard-link group included).
+    pub files: Vec<PlannedFile>,
+    /// Blobs to read, grouped by pack, each pack's in offset order. Filled by
+    /// [`Plan::add_blob_uses`] after chunk comparison.
+    pub packs: HashMap<PackId, Vec<PlannedBlob>>,
+    /// `(path, index of the file it is a hard link to)`, made after content is in place.
+    pub hardlinks: Vec<(PathBuf, usize)>,
+    /// Symlinks, fifos and devices.
+    pub others: Vec<PlannedOther>,
+    /// Directories in pre-order; metadata is applied in reverse at the end.
+    pub dirs: Vec<PlannedDir>,
+    /// Entries removed (type changes, `delete`, stale temporary files).
+    pub removed: u64,
+    /// Subtrees and files skipped without a look at the disk because the base had them.
+    pub skipped_by_base: u64,
+    slots: HashMap<(PackId, Id), usize>,
+}
+
+/// How to plan.
+pub struct PlanOptions<'a> {
+    /// Remove entries the snapshot does not have.
+    pub delete: bool,
+    /// The root tree of a snapshot the target is known to hold.
+    pub base: Option<TreeId>,
+    /// The repository (trees and index).
+    pub repo: &'a Repository,
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let path = path.display().to_string();
+    move |source| RestoreError::Io { what, path, source }
+}
+
+/// Removes whatever is at `path`, never following a symlink.
+pub fn remove_entry(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err("remove", path)),
+        Ok(_) => std::fs::remove_file(path).map_err(io_err("remove", path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// Builds the plan for restoring tree `root` into `target`.
+pub async fn plan(
+    opts: &PlanOptions<'_>,
+    root: TreeId,
+    target: &Path,
+) -> Result<Plan, RestoreError> {
     let mut plan = Plan::default();
     let mut links: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut stack = vec![(root, target.to_path_buf())];
-    let mut blob_slots: HashMap<(crate::id::PackId, crate::id::Id), usize> = HashMap::new();
-    create_dir(target)?;
-    while let Some((tree_id, dir)) = stack.pop() {
-        let tree = repo.load_tree(&tree_id).await?;
+    let fresh = match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => false,
+        Ok(_) => {
+            remove_entry(target)?;
+            std::fs::create_dir_all(target).map_err(io_err("create directory", target))?;
+            true
+        }
+        Err(_) => {
+            std::fs::create_dir_all(target).map_err(io_err("create directory", target))?;
+            true
+        }
+    };
+    // Explicit stack instead of recursion: trees can nest deeper than a thread's stack.
+    let mut stack = vec![(root, target.to_path_buf(), opts.base, fresh)];
+    while let Some((tree_id, dir, base, fresh)) = stack.pop() {
+        let tree = load_checked_tree(opts.repo, &tree_id).await?;
+        let base_tree = match base {
+            Some(b) => Some(load_checked_tree(opts.repo, &b).await?),
+            None => None,
+        };
+        let mut existing = if fresh {
+            HashMap::new()
+        } else {
+            list_dir(&dir)?
+        };
         for node in tree.nodes {
-            check_name(&node.name, &tree_id)?;
             let path = dir.join(std::ffi::OsStr::from_bytes(&node.name));
+            let base_node = base_tree.as_ref().and_then(|t| find(t, &node.name));
+            let disk = existing.remove(node.name.as_slice());
+            if base_node == Some(&node) && disk.is_some() {
+                plan.skipped_by_base += 1;
+                continue;
+            }
+            let meta = match disk {
+                Some(()) => std::fs::symlink_metadata(&path).ok(),
+                None => None,
+            };
             match node.node_type {
                 NodeType::Dir => {
                     let Some(sub) = node.subtree else {
@@ -84,108 +208,271 @@ pub async fn plan(repo: &Repository, root: TreeId, target: &Path) -> Result<Plan
                         )
                         .into());
                     };
-                    create_dir(&path)?;
-                    stack.push((sub, path.clone()));
-                    plan.dirs.push((path, node));
+                    let existed = meta.as_ref().is_some_and(|m| m.is_dir());
+                    if !existed {
+                        if meta.is_some() {
+                            remove_entry(&path)?;
+                            plan.removed += 1;
+                        }
+                        std::fs::create_dir(&path).map_err(io_err("create directory", &path))?;
+                    }
+                    let base_sub = base_node
+                        .filter(|b| b.node_type == NodeType::Dir)
+                        .and_then(|b| b.subtree);
+                    stack.push((sub, path.clone(), base_sub.filter(|_| existed), !existed));
+                    plan.dirs.push(PlannedDir {
+                        path,
+                        node,
+                        existed,
+                    });
                 }
                 NodeType::File => {
                     if node.links > 1 && node.inode != 0 {
                         let key = (node.device_id, node.inode);
                         if let Some(&first) = links.get(&key) {
+                            if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                                remove_entry(&path)?;
+                                plan.removed += 1;
+                            }
                             plan.hardlinks.push((path, first));
                             continue;
                         }
                         links.insert(key, plan.files.len());
                     }
-                    add_file(repo, &mut plan, &mut blob_slots, path, node)?;
+                    let (content, existed) = match &meta {
+                        Some(m) if m.file_type().is_file() => {
+                            let same = m.size() == node.size
+                                && Timestamp {
+                                    secs: m.mtime(),
+                                    nanos: m.mtime_nsec() as u32,
+                                } == node.mtime
+                                && (m.nlink() <= 1 || node.links > 1);
+                            if same {
+                                (Content::Keep, true)
+                            } else {
+                                (
+                                    Content::Write {
+                                        temp: temp_path(&dir, &node.name),
+                                        old: Some(path.clone()),
+                                    },
+                                    true,
+                                )
+                            }
+                        }
+                        Some(_) => {
+                            remove_entry(&path)?;
+                            plan.removed += 1;
+                            (
+                                Content::Write {
+                                    temp: temp_path(&dir, &node.name),
+                                    old: None,
+                                },
+                                false,
+                            )
+                        }
+                        None => (
+                            Content::Write {
+                                temp: temp_path(&dir, &node.name),
+                                old: None,
+                            },
+                            false,
+                        ),
+                    };
+                    check_size(opts.repo, &node, &path)?;
+                    plan.files.push(PlannedFile {
+                        path,
+                        node,
+                        content,
+                        existed,
+                    });
                 }
-                _ => plan.others.push((path, node)),
+                _ => {
+                    let same = meta.as_ref().is_some_and(|m| same_special(&path, m, &node));
+                    if !same && meta.is_some() {
+                        remove_entry(&path)?;
+                        plan.removed += 1;
+                    }
+                    plan.others.push(PlannedOther {
+                        path,
+                        node,
+                        create: !same,
+                    });
+                }
             }
         }
-    }
-    for blobs in plan.packs.values_mut() {
-        blobs.sort_by_key(|b| b.location.offset);
+        // What is left on disk is not in the snapshot: temporary files of an interrupted
+        // restore always go; everything else only with `delete`.
+        for name in existing.into_keys() {
+            if opts.delete || name.starts_with(TEMP_PREFIX) {
+                remove_entry(&dir.join(std::ffi::OsStr::from_bytes(&name)))?;
+                plan.removed += 1;
+            }
+        }
     }
     Ok(plan)
 }
 
-fn add_file(
-    repo: &Repository,
-    plan: &mut Plan,
-    slots: &mut HashMap<(crate::id::PackId, crate::id::Id), usize>,
-    path: PathBuf,
-    node: Node,
-) -> Result<(), RestoreError> {
-    let file = plan.files.len();
-    let mut offset = 0u64;
-    for blob in node.content.iter().flatten() {
+impl Plan {
+    /// Adds the uses of `blob` at `offset` in file `file` to the pack plan.
+    pub fn add_blob_use(
+        &mut self,
+        repo: &Repository,
+        file: usize,
+        blob: &Id,
+        offset: u64,
+    ) -> Result<(), RestoreError> {
         let location =
             repo.index()
-                .lookup(BlobType::Data, &blob.0)
+                .lookup(BlobType::Data, blob)
                 .ok_or(RepoError::BlobNotFound {
                     blob_type: BlobType::Data,
-                    id: blob.0,
+                    id: *blob,
                 })?;
-        let len = if location.uncompressed_length != 0 {
-            u64::from(location.uncompressed_length)
-        } else {
-            u64::from(location.length).saturating_sub(crate::crypto::EXTENSION as u64)
-        };
-        let list = plan.packs.entry(location.pack).or_default();
-        let slot = *slots.entry((location.pack, blob.0)).or_insert_with(|| {
+        let list = self.packs.entry(location.pack).or_default();
+        let slot = *self.slots.entry((location.pack, *blob)).or_insert_with(|| {
             list.push(PlannedBlob {
                 location,
-                id: blob.0,
+                id: *blob,
                 uses: Vec::new(),
             });
             list.len() - 1
         });
         list[slot].uses.push(BlobUse { file, offset });
-        offset += len;
+        Ok(())
     }
-    if offset != node.size {
+
+    /// Sorts each pack's blobs by offset, once all uses are added.
+    pub fn sort_packs(&mut self) {
+        for blobs in self.packs.values_mut() {
+            blobs.sort_by_key(|b| b.location.offset);
+        }
+        self.slots.clear();
+    }
+}
+
+/// The plaintext length of a data blob, from the index.
+pub fn blob_len(repo: &Repository, blob: &Id) -> Result<u64, RestoreError> {
+    let loc = repo
+        .index()
+        .lookup(BlobType::Data, blob)
+        .ok_or(RepoError::BlobNotFound {
+            blob_type: BlobType::Data,
+            id: *blob,
+        })?;
+    Ok(if loc.uncompressed_length != 0 {
+        u64::from(loc.uncompressed_length)
+    } else {
+        u64::from(loc.length).saturating_sub(crate::crypto::EXTENSION as u64)
+    })
+}
+
+/// A file node's size must equal the sum of its blobs' lengths.
+fn check_size(repo: &Repository, node: &Node, path: &Path) -> Result<(), RestoreError> {
+    let mut total = 0u64;
+    for b in node.content.iter().flatten() {
+        total += blob_len(repo, &b.0)?;
+    }
+    if total != node.size {
         return Err(RepoError::corrupt(
             format!("file {}", path.display()),
             format!(
-                "its node says {} bytes but its blobs hold {offset}",
+                "its node says {} bytes but its blobs hold {total}",
                 node.size
             ),
         )
         .into());
     }
-    plan.total_bytes += offset;
-    plan.files.push(PlannedFile { path, node });
     Ok(())
 }
 
-/// Refuses names that would escape the directory they are listed in.
-fn check_name(name: &[u8], tree: &TreeId) -> Result<(), RestoreError> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
-        return Err(RepoError::corrupt(
-            format!("tree {}", tree.short()),
-            format!("holds the unsafe name {:?}", String::from_utf8_lossy(name)),
-        )
-        .into());
-    }
-    Ok(())
+/// The temporary name for `name` in `dir`: fixed length, whatever the name's length.
+fn temp_path(dir: &Path, name: &[u8]) -> PathBuf {
+    let mut n = TEMP_PREFIX.to_vec();
+    n.extend_from_slice(&Id::hash(name).to_hex().as_bytes()[..24]);
+    dir.join(std::ffi::OsStr::from_bytes(&n))
 }
 
-/// Creates a directory; an existing directory is fine, anything else in its place (a file, a
-/// symlink) is removed first, so nothing is ever written through a symlink.
-fn create_dir(path: &Path) -> Result<(), RestoreError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(path).map_err(|source| RestoreError::Io {
-            what: "remove",
-            path: path.display().to_string(),
-            source,
-        })?,
-        Err(_) => {}
+/// Names in a directory (the values are placeholders; entries are stat'ed when needed).
+fn list_dir(dir: &Path) -> Result<HashMap<Vec<u8>, ()>, RestoreError> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("list directory", dir))? {
+        let entry = entry.map_err(io_err("list directory", dir))?;
+        out.insert(entry.file_name().as_bytes().to_vec(), ());
     }
-    std::fs::create_dir(path).map_err(|source| RestoreError::Io {
-        what: "create directory",
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(out)
+}
+
+/// Whether the entry on disk is already the symlink, fifo or device `node` describes.
+fn same_special(path: &Path, m: &std::fs::Metadata, node: &Node) -> bool {
+    let ft = m.file_type();
+    match node.node_type {
+        NodeType::Symlink => {
+            ft.is_symlink()
+                && std::fs::read_link(path)
+                    .is_ok_and(|t| t.as_os_str().as_bytes() == node.link_target.as_slice())
+        }
+        NodeType::Fifo => ft.is_fifo(),
+        NodeType::Socket => ft.is_socket(),
+        NodeType::CharDev => ft.is_char_device() && m.rdev() == node.device,
+        NodeType::Dev => ft.is_block_device() && m.rdev() == node.device,
+        _ => false,
+    }
+}
+
+/// Loads a tree and refuses it unless its names are sorted, unique and safe.
+async fn load_checked_tree(repo: &Repository, id: &TreeId) -> Result<Tree, RestoreError> {
+    let tree = repo.load_tree(id).await?;
+    let what = || format!("tree {}", id.short());
+    tree.check_order()
+        .map_err(|e| RepoError::corrupt(what(), e))?;
+    tree.check_names()
+        .map_err(|e| RepoError::corrupt(what(), e))?;
+    Ok(tree)
+}
+
+/// The node called `name` in a sorted tree.
+fn find<'t>(tree: &'t Tree, name: &[u8]) -> Option<&'t Node> {
+    tree.nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &tree.nodes[i])
+}
+
+/// Whether the target's top level looks like `base`'s root: every entry exists with the same
+/// type, and files and symlinks match in size, mtime and target. A cheap guard before
+/// trusting `base`; it cannot see changes deeper down (verify digests do).
+pub async fn target_holds(
+    repo: &Repository,
+    base: &TreeId,
+    target: &Path,
+) -> Result<bool, RestoreError> {
+    let tree = load_checked_tree(repo, base).await?;
+    let mut on_disk = match list_dir(target) {
+        Ok(l) => l,
+        Err(_) => return Ok(false),
+    };
+    for node in &tree.nodes {
+        if on_disk.remove(node.name.as_slice()).is_none() {
+            return Ok(false);
+        }
+        let path = target.join(std::ffi::OsStr::from_bytes(&node.name));
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            return Ok(false);
+        };
+        let mtime = Timestamp {
+            secs: m.mtime(),
+            nanos: m.mtime_nsec() as u32,
+        };
+        let ok = match node.node_type {
+            NodeType::Dir => m.is_dir(),
+            NodeType::File => {
+                m.file_type().is_file() && m.size() == node.size && mtime == node.mtime
+            }
+            _ => same_special(&path, &m, node),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(on_disk.keys().all(|n| n.starts_with(TEMP_PREFIX)))
 }
