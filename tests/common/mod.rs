@@ -12,6 +12,9 @@
 // Each test crate compiles this module separately and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod s3;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Write as _;
@@ -24,6 +27,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
+
+pub mod migration;
 
 /// The password of every repository a test creates.
 pub const PASSWORD: &str = "ferry integration test password";
