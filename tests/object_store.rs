@@ -178,6 +178,8 @@ fn ferry_completes_every_command_through_a_faulty_store() {
         return;
     };
     moto.create_bucket("faulty");
+    // With this seed the proxy's 4th fault falls on its 24th request, and the kinds take turns,
+    // so all four kinds occur long before the ~70 requests these commands make without faults.
     let proxy = FaultProxy::start(moto.addr(), FaultPlan::mixed(0.15, 0x5EED_F00D, STALL));
     let sb = s3_sandbox(&proxy.url("faulty", "repo"));
     let src = sb.dir("src");

@@ -86,6 +86,14 @@ pub enum BackendError {
         /// The repository location.
         location: String,
     },
+    /// A write found no bucket or container to write into.
+    #[error("write {key} in {location}: the bucket or container does not exist; create it first")]
+    MissingBucket {
+        /// The object key.
+        key: String,
+        /// The repository location.
+        location: String,
+    },
     /// Any other failure of the store.
     #[error("{op} {key} in {location}: {source}")]
     Store {
@@ -170,12 +178,17 @@ impl Backend {
             }
             _ => {
                 let (store, prefix) = open::network_store(&parsed, opts)?;
-                Ok(Backend::from_store(
-                    store,
-                    &prefix,
-                    &parsed.to_string(),
-                    opts.retry,
-                ))
+                // Messages name the endpoint requests really go to.
+                let shown = match (&parsed, &opts.s3_endpoint) {
+                    (Location::S3 { bucket, prefix, .. }, Some(e)) => Location::S3 {
+                        endpoint: Some(e.clone()),
+                        bucket: bucket.clone(),
+                        prefix: prefix.clone(),
+                    }
+                    .to_string(),
+                    _ => parsed.to_string(),
+                };
+                Ok(Backend::from_store(store, &prefix, &shown, opts.retry))
             }
         }
     }
@@ -273,6 +286,11 @@ impl Backend {
 
     fn map_err(&self, op: &'static str, key: String, e: object_store::Error) -> BackendError {
         match e {
+            // A write cannot miss its object; a missing bucket or container is what is meant.
+            object_store::Error::NotFound { .. } if op == "write" => BackendError::MissingBucket {
+                key,
+                location: self.location.clone(),
+            },
             object_store::Error::NotFound { .. } => BackendError::NotFound {
                 key,
                 location: self.location.clone(),
@@ -322,7 +340,8 @@ impl Backend {
         .map_err(|e| self.map_err("read", key, e))
     }
 
-    /// Reads `range` of a file. The result may be shorter only if the file is.
+    /// Reads `range` of a file. A range that runs past the end gives the bytes up to the end;
+    /// a range that starts at or past the end, or is empty, is an error.
     pub async fn load_range(
         &self,
         t: FileType,
