@@ -328,7 +328,10 @@ impl Arena {
             let target = self.watched.join("deeper").join(&name);
             let before = self.untouchable(&name);
             let run = restore(&self.sb, id, &target, extra);
-            eprintln!("{what} {extra:?}: {}", run.stderr.trim().replace('\n', " | "));
+            eprintln!(
+                "{what} {extra:?}: {}",
+                run.stderr.trim().replace('\n', " | ")
+            );
             assert!(
                 run.code.is_some_and(|c| c != 0),
                 "restoring a snapshot with {what} must fail\n{run}"
