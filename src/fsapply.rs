@@ -446,7 +446,7 @@ fn timespec(t: Timestamp) -> io::Result<libc::timespec> {
 
 /// Matches `name` against a pattern where `*` is any run of characters and `?` one
 /// character. Runs in O(len(pattern) × len(name)) by backtracking only to the last `*`.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);

@@ -292,68 +292,48 @@ const XATTR_RETRIES: usize = 8;
 
 /// The attribute names of `path` (`llistxattr`, not following symlinks), in kernel order.
 pub(crate) fn list_xattr_names(path: &CStr) -> io::Result<Vec<CString>> {
-    let mut buf: Vec<u8> = Vec::new();
-    for _ in 0..XATTR_RETRIES {
-        // SAFETY: a null buffer with size 0 asks only for the needed size.
-        let needed = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
-        if needed < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if needed == 0 {
-            return Ok(Vec::new());
-        }
-        buf.resize(needed as usize, 0);
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let got = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(e);
-        }
-        buf.truncate(got as usize);
-        return Ok(buf
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty())
-            // Names split on NUL contain no NUL, so CString::new cannot fail here.
-            .filter_map(|n| CString::new(n).ok())
-            .collect());
-    }
-    Err(io::Error::from_raw_os_error(libc::ERANGE))
+    let buf = xattr_call(|buf, len| {
+        // SAFETY: path is NUL-terminated; buf is null with len 0 or valid for len bytes.
+        unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), len) }
+    })?;
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        // Names split on NUL contain no NUL, so CString::new cannot fail here.
+        .filter_map(|n| CString::new(n).ok())
+        .collect())
 }
 
 /// The value of attribute `name` of `path` (`lgetxattr`, not following symlinks).
 pub(crate) fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
+    xattr_call(|buf, len| {
+        // SAFETY: path and name are NUL-terminated; buf is null with len 0 or valid for len
+        // bytes.
+        unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), len) }
+    })
+}
+
+/// Runs a size-query-then-read xattr call: `call(null, 0)` returns the needed size,
+/// `call(buf, len)` fills the buffer and returns the bytes written, both -1 on error. Retried
+/// when the attribute grows between the two calls (`ERANGE`).
+fn xattr_call(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
     let mut buf: Vec<u8> = Vec::new();
     for _ in 0..XATTR_RETRIES {
-        // SAFETY: a null buffer with size 0 asks only for the needed size.
-        let needed =
-            unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-        if needed < 0 {
+        let Ok(needed) = usize::try_from(call(std::ptr::null_mut(), 0)) else {
             return Err(io::Error::last_os_error());
-        }
+        };
         if needed == 0 {
             return Ok(Vec::new());
         }
-        buf.resize(needed as usize, 0);
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let got = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if got < 0 {
+        buf.resize(needed, 0);
+        let Ok(got) = usize::try_from(call(buf.as_mut_ptr(), buf.len())) else {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ERANGE) {
                 continue;
             }
             return Err(e);
-        }
-        buf.truncate(got as usize);
+        };
+        buf.truncate(got);
         return Ok(buf);
     }
     Err(io::Error::from_raw_os_error(libc::ERANGE))

@@ -495,6 +495,64 @@ pub fn parse_rfc3339(s: &str) -> Result<Timestamp, GoJsonError> {
     Ok(Timestamp { secs, nanos })
 }
 
+/// serde's `skip_serializing_if` for Go's `omitempty` on integers.
+pub(crate) fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Go's decoder leaves a field at its zero value when the JSON says `null`; serde's
+/// `deserialize_with` for the same.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Serialises `value` compactly with Go `encoding/json` string escaping on top of
+/// serde_json's: `<`, `>` and `&` become `\u003c`, `\u003e`, `\u0026`, and U+2028 and U+2029
+/// become `\u2028` and `\u2029`. Shared by the snapshot and lock file codecs.
+pub(crate) fn go_json<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    // The callers serialise plain structs of strings, ids and integers into a Vec, which
+    // cannot fail.
+    value
+        .serialize(&mut ser)
+        .expect("json serialisation of a plain struct");
+    out
+}
+
+/// A compact formatter that adds Go's HTML-safe escapes to the string fragments serde_json
+/// would write verbatim; quotes, backslashes and control characters are already escaped by
+/// serde_json the way Go does.
+struct GoFormatter;
+
+impl serde_json::ser::Formatter for GoFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let escape = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            writer.write_all(fragment.get(start..i).unwrap_or_default().as_bytes())?;
+            writer.write_all(escape.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(fragment.get(start..).unwrap_or_default().as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

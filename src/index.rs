@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::id::{BlobType, Id, PackId};
 use crate::pack::PackedBlob;
@@ -100,36 +100,23 @@ struct BlobWire {
     length: u32,
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "null_as_default"
+        skip_serializing_if = "crate::gojson::is_zero",
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     uncompressed_length: u32,
 }
 
 #[derive(Deserialize)]
 struct IndexIn {
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     packs: Vec<PackIn>,
 }
 
 #[derive(Deserialize)]
 struct PackIn {
     id: PackId,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     blobs: Vec<BlobWire>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Go's decoder leaves a field at its zero value when the JSON says `null`; do the same.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl IndexFile {

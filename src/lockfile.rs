@@ -6,7 +6,7 @@
 //! not list, write, refresh or remove locks, nor decide whether two locks conflict; note that
 //! restic lets stale locks block acquisition until `unlock` removes them.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Locks older than this are stale, whoever holds them (restic's `staleTimeout`).
 pub const STALE_AFTER_SECS: i64 = 30 * 60;
@@ -17,29 +17,29 @@ pub struct LockFile {
     /// When the lock was created or last refreshed, RFC 3339 with up to nanoseconds.
     pub time: String,
     /// Whether the holder wants the repository for itself.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     pub exclusive: bool,
     /// Host name of the holder.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     pub hostname: String,
     /// User name of the holder.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     pub username: String,
     /// Process id of the holder.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::gojson::null_as_default")]
     pub pid: u32,
     /// User id of the holder; 0 is omitted.
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "null_as_default"
+        skip_serializing_if = "crate::gojson::is_zero",
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub uid: u32,
     /// Group id of the holder; 0 is omitted.
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "null_as_default"
+        skip_serializing_if = "crate::gojson::is_zero",
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub gid: u32,
 }
@@ -52,25 +52,12 @@ pub enum LockFileError {
     Json(#[from] serde_json::Error),
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Go's decoder leaves a field at its zero value when the JSON says `null`; do the same.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
 impl LockFile {
     /// The JSON restic writes: `{"time":..,"exclusive":..,"hostname":..,"username":..,
     /// "pid":..,"uid":..,"gid":..}` with uid and gid omitted when 0, Go string escaping, no
     /// trailing newline.
     pub fn to_json(&self) -> Vec<u8> {
-        crate::snapshot::go_json(self)
+        crate::gojson::go_json(self)
     }
 
     /// Parses a lock file's JSON. `time` is required; other missing or `null` fields read as

@@ -6,7 +6,7 @@
 //! read restic's (and rustic's, whose extra fields are ignored). It does not compress, encrypt,
 //! name or store the file, and it keeps times as the text stored, without interpreting them.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::id::{SnapshotId, TreeId};
 
@@ -21,48 +21,48 @@ pub struct Snapshot {
     /// The root tree; it holds the full path of each backed-up directory.
     pub tree: TreeId,
     /// The absolute paths backed up.
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "crate::gojson::null_as_default")]
     pub paths: Vec<String>,
     /// Host name (restic's `--host`).
     #[serde(
         default,
         skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_default"
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub hostname: String,
     /// User name of the process that made the backup.
     #[serde(
         default,
         skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_default"
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub username: String,
     /// Its user id; 0 is omitted.
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "null_as_default"
+        skip_serializing_if = "crate::gojson::is_zero",
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub uid: u32,
     /// Its group id; 0 is omitted.
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "null_as_default"
+        skip_serializing_if = "crate::gojson::is_zero",
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub gid: u32,
     /// Exclude patterns in effect.
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_default"
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub excludes: Vec<String>,
     /// Tags.
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_default"
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub tags: Vec<String>,
     /// For a rewritten snapshot, the id of the first version.
@@ -72,7 +72,7 @@ pub struct Snapshot {
     #[serde(
         default,
         skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_default"
+        deserialize_with = "crate::gojson::null_as_default"
     )]
     pub program_version: String,
     /// Backup statistics, written by restic since 0.17.
@@ -123,26 +123,13 @@ pub enum SnapshotError {
     Json(#[from] serde_json::Error),
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Go's decoder leaves a field at its zero value when the JSON says `null`; do the same.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
 impl Snapshot {
     /// The JSON restic's `json.Marshal` writes: Go field order (time, parent, tree, paths,
     /// hostname, username, uid, gid, excludes, tags, original, program_version, summary),
     /// empty optional fields omitted, `<`, `>`, `&`, U+2028 and U+2029 escaped as Go does, no
     /// trailing newline. `paths` is always written, `[]` when empty.
     pub fn to_json(&self) -> Vec<u8> {
-        go_json(self)
+        crate::gojson::go_json(self)
     }
 
     /// Parses a snapshot file's JSON. Unknown fields (rustic's `label`, `description`,
@@ -150,49 +137,6 @@ impl Snapshot {
     /// `time`, `tree` and `paths` are required.
     pub fn from_json(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         Ok(serde_json::from_slice(bytes)?)
-    }
-}
-
-/// Serialises `value` compactly with Go `encoding/json` string escaping on top of
-/// serde_json's: `<`, `>` and `&` become `\u003c`, `\u003e`, `\u0026`, and U+2028 and U+2029
-/// become `\u2028` and `\u2029`. Shared by the snapshot and lock file codecs.
-pub(crate) fn go_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
-    // The callers serialise plain structs of strings, ids and integers into a Vec, which
-    // cannot fail.
-    value
-        .serialize(&mut ser)
-        .expect("json serialisation of a plain struct");
-    out
-}
-
-/// A compact formatter that adds Go's HTML-safe escapes to the string fragments serde_json
-/// would write verbatim; quotes, backslashes and control characters are already escaped by
-/// serde_json the way Go does.
-struct GoFormatter;
-
-impl serde_json::ser::Formatter for GoFormatter {
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            let escape = match c {
-                '<' => "\\u003c",
-                '>' => "\\u003e",
-                '&' => "\\u0026",
-                '\u{2028}' => "\\u2028",
-                '\u{2029}' => "\\u2029",
-                _ => continue,
-            };
-            writer.write_all(fragment.get(start..i).unwrap_or_default().as_bytes())?;
-            writer.write_all(escape.as_bytes())?;
-            start = i + c.len_utf8();
-        }
-        writer.write_all(fragment.get(start..).unwrap_or_default().as_bytes())
     }
 }
 

@@ -62,7 +62,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -70,6 +70,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+
+use crate::fsapply::glob_match;
+use crate::fsmeta;
 
 /// What [`digest`] leaves out and how it runs.
 #[derive(Clone, Debug, Default)]
@@ -458,38 +461,24 @@ fn open_for_hashing(path: &Path) -> io::Result<fs::File> {
     }
 }
 
-/// How often a list/get is retried when an attribute grows between the size query and the
-/// read (`ERANGE`).
-const XATTR_RETRIES: usize = 8;
-
 /// The covered extended attributes of `path` itself, sorted by name. A file system without
 /// xattr support has none; an attribute removed between listing and reading is skipped.
 fn read_xattrs(path: &Path, opts: &VerifyOptions) -> Result<Vec<Xattr>, VerifyError> {
-    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| VerifyError::Io {
-        what: "list xattrs of",
-        path: lossy(path),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
-    })?;
-    let list = match xattr_call(|buf, len| {
-        // SAFETY: cpath is NUL-terminated; buf is null with len 0 or valid for len bytes.
-        unsafe { libc::llistxattr(cpath.as_ptr(), buf.cast(), len) }
-    }) {
-        Ok(list) => list,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+    let cpath = fsmeta::path_cstring(path).map_err(io_error("list xattrs of", path))?;
+    let names = match fsmeta::list_xattr_names(&cpath) {
+        Ok(names) => names,
+        Err(e) if fsmeta::is_unsupported(&e) => return Ok(Vec::new()),
         Err(e) => return Err(io_error("list xattrs of", path)(e)),
     };
     let mut attrs = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for cname in names {
+        let name = cname.as_bytes();
         if is_excluded(&opts.exclude_xattr, name) {
             continue;
         }
-        // Names split on NUL contain no NUL.
-        let Ok(cname) = CString::new(name) else {
-            continue;
-        };
-        match get_xattr(&cpath, &cname) {
+        match fsmeta::get_xattr(&cpath, &cname) {
             Ok(value) => attrs.push((name.to_vec(), value)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => {}
+            Err(e) if fsmeta::is_unsupported(&e) || e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(io_error("read xattr of", path)(e)),
         }
     }
@@ -497,79 +486,13 @@ fn read_xattrs(path: &Path, opts: &VerifyOptions) -> Result<Vec<Xattr>, VerifyEr
     Ok(attrs)
 }
 
-fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
-    xattr_call(|buf, len| {
-        // SAFETY: path and name are NUL-terminated; buf is null with len 0 or valid for len
-        // bytes.
-        unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), len) }
-    })
-}
-
-/// Runs a size-query-then-read xattr call: `call(null, 0)` returns the needed size,
-/// `call(buf, len)` fills the buffer and returns the bytes written, both -1 on error.
-fn xattr_call(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
-    let mut buf: Vec<u8> = Vec::new();
-    for _ in 0..XATTR_RETRIES {
-        let needed = call(std::ptr::null_mut(), 0);
-        let Ok(needed) = usize::try_from(needed) else {
-            return Err(io::Error::last_os_error());
-        };
-        if needed == 0 {
-            return Ok(Vec::new());
-        }
-        buf.resize(needed, 0);
-        let got = call(buf.as_mut_ptr(), buf.len());
-        let Ok(got) = usize::try_from(got) else {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(e);
-        };
-        buf.truncate(got);
-        return Ok(buf);
-    }
-    Err(io::Error::from_raw_os_error(libc::ERANGE))
-}
-
-/// Whether an attribute name matches one of the exclude patterns.
+/// Whether an attribute name matches one of the exclude patterns (the restore's globs).
 fn is_excluded(patterns: &[String], name: &[u8]) -> bool {
     if patterns.is_empty() {
         return false;
     }
     let name = String::from_utf8_lossy(name);
     patterns.iter().any(|p| glob_match(p, &name))
-}
-
-/// Simple glob: `*` matches any run of characters, `?` exactly one, anything else itself.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let pat: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    let (mut p, mut n) = (0, 0);
-    // After a `*`: the pattern position following it and the name position it now covers up to.
-    let mut backtrack: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pat.get(p) {
-            Some('*') => {
-                p += 1;
-                backtrack = Some((p, n));
-            }
-            Some(&c) if c == '?' || Some(&c) == name.get(n) => {
-                p += 1;
-                n += 1;
-            }
-            _ => {
-                let Some((after, covered)) = backtrack else {
-                    return false;
-                };
-                p = after;
-                n = covered + 1;
-                backtrack = Some((after, covered + 1));
-            }
-        }
-    }
-    pat.get(p..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
 // Field tags of the stream. Each tag is followed by the encoding its comment names.
@@ -694,28 +617,11 @@ mod tests {
         unsafe { libc::geteuid() == 0 }
     }
 
-    fn cstr(path: &Path) -> CString {
-        CString::new(path.as_os_str().as_bytes()).unwrap()
+    fn cstr(path: &Path) -> std::ffi::CString {
+        fsmeta::path_cstring(path).unwrap()
     }
 
-    fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-        let (p, n) = (cstr(path), CString::new(name).unwrap());
-        // SAFETY: valid C strings and a value buffer of value.len() bytes.
-        let r = unsafe {
-            libc::lsetxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
+    use crate::fsmeta::tests::set_xattr_raw as set_xattr;
 
     /// Sets atime and mtime of `path` itself; `None` leaves that time alone.
     fn set_times(path: &Path, atime: Option<(i64, i64)>, mtime: Option<(i64, i64)>) {

@@ -143,7 +143,7 @@ impl Shared {
         })
     }
 
-    /// Loads a tree of the parent snapshot. Called only from the walker's own thread, never
+    /// Loads a tree of the parent snapshot. Called only from the walker pool's threads, never
     /// from inside the runtime, so blocking on the runtime here is sound.
     fn load_tree(&self, id: &TreeId) -> Result<Tree, RepoError> {
         self.handle.block_on(self.repo.load_tree(id))

@@ -250,17 +250,14 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<u8> {
     let done = tokio::sync::Notify::new();
     let work = async {
         let r = if args.block {
-            let _lock = repo.lock(false).await?;
-            let r = restorer::restore_block(
+            restorer::restore_block(
                 Arc::clone(&repo),
                 snap.tree,
                 &opts.target,
                 opts.connections,
                 &stats,
             )
-            .await;
-            _lock.release().await?;
-            r
+            .await
         } else {
             restorer::restore(Arc::clone(&repo), snap.tree, &opts, &stats).await
         };

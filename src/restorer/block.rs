@@ -20,9 +20,24 @@ use crate::repository::{RepoError, Repository};
 
 use super::{RestoreError, RestoreOutcome, RestoreStats};
 
-/// Writes the volume in block snapshot `root` onto `target`.
+/// Writes the volume in block snapshot `root` onto `target`, holding a non-exclusive lock.
 pub async fn restore_block(
     repo: Arc<Repository>,
+    root: TreeId,
+    target: &Path,
+    connections: usize,
+    stats: &RestoreStats,
+) -> Result<RestoreOutcome, RestoreError> {
+    let lock = repo.lock(false).await?;
+    let result = write_volume(&repo, root, target, connections, stats).await;
+    let released = lock.release().await;
+    let out = result?;
+    released?;
+    Ok(out)
+}
+
+async fn write_volume(
+    repo: &Arc<Repository>,
     root: TreeId,
     target: &Path,
     connections: usize,
@@ -76,7 +91,7 @@ pub async fn restore_block(
     let mut offset = 0u64;
     for b in &content {
         offsets.push(offset);
-        offset += super::plan::blob_len(&repo, &b.0)?;
+        offset += super::plan::blob_len(repo, &b.0)?;
     }
     if offset != node.size {
         return Err(RepoError::corrupt(
@@ -90,7 +105,7 @@ pub async fn restore_block(
     }
     let mut blobs = futures::stream::iter(content.iter().zip(offsets))
         .map(|(b, off)| {
-            let repo = Arc::clone(&repo);
+            let repo = Arc::clone(repo);
             async move { repo.load_blob(BlobType::Data, &b.0).await.map(|d| (d, off)) }
         })
         .buffered(connections.max(1));

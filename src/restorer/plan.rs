@@ -15,7 +15,7 @@
 //! is empty, `.`, `..` or contains `/` or NUL, are refused before anything is done with them,
 //! so a hostile tree cannot reach outside the target.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -183,21 +183,22 @@ pub async fn plan(
             None => None,
         };
         let mut existing = if fresh {
-            HashMap::new()
+            HashSet::new()
         } else {
             list_dir(&dir)?
         };
         for node in tree.nodes {
             let path = dir.join(std::ffi::OsStr::from_bytes(&node.name));
             let base_node = base_tree.as_ref().and_then(|t| find(t, &node.name));
-            let disk = existing.remove(node.name.as_slice());
-            if base_node == Some(&node) && disk.is_some() {
+            let on_disk = existing.remove(node.name.as_slice());
+            if base_node == Some(&node) && on_disk {
                 plan.skipped_by_base += 1;
                 continue;
             }
-            let meta = match disk {
-                Some(()) => std::fs::symlink_metadata(&path).ok(),
-                None => None,
+            let meta = if on_disk {
+                std::fs::symlink_metadata(&path).ok()
+            } else {
+                None
             };
             match node.node_type {
                 NodeType::Dir => {
@@ -302,7 +303,7 @@ pub async fn plan(
         }
         // What is left on disk is not in the snapshot: temporary files of an interrupted
         // restore always go; everything else only with `delete`.
-        for name in existing.into_keys() {
+        for name in existing {
             if opts.delete || name.starts_with(TEMP_PREFIX) {
                 remove_entry(&dir.join(std::ffi::OsStr::from_bytes(&name)))?;
                 plan.removed += 1;
@@ -392,12 +393,12 @@ fn temp_path(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(std::ffi::OsStr::from_bytes(&n))
 }
 
-/// Names in a directory (the values are placeholders; entries are stat'ed when needed).
-fn list_dir(dir: &Path) -> Result<HashMap<Vec<u8>, ()>, RestoreError> {
-    let mut out = HashMap::new();
+/// The names in a directory (entries are stat'ed only when needed).
+fn list_dir(dir: &Path) -> Result<HashSet<Vec<u8>>, RestoreError> {
+    let mut out = HashSet::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("list directory", dir))? {
         let entry = entry.map_err(io_err("list directory", dir))?;
-        out.insert(entry.file_name().as_bytes().to_vec(), ());
+        out.insert(entry.file_name().as_bytes().to_vec());
     }
     Ok(out)
 }
@@ -452,7 +453,7 @@ pub async fn target_holds(
         Err(_) => return Ok(false),
     };
     for node in &tree.nodes {
-        if on_disk.remove(node.name.as_slice()).is_none() {
+        if !on_disk.remove(node.name.as_slice()) {
             return Ok(false);
         }
         let path = target.join(std::ffi::OsStr::from_bytes(&node.name));
@@ -474,5 +475,5 @@ pub async fn target_holds(
             return Ok(false);
         }
     }
-    Ok(on_disk.keys().all(|n| n.starts_with(TEMP_PREFIX)))
+    Ok(on_disk.iter().all(|n| n.starts_with(TEMP_PREFIX)))
 }
