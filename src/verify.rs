@@ -84,6 +84,8 @@ pub struct VerifyOptions {
     pub exclude_xattr: Vec<String>,
     /// Worker threads for walking and hashing; 0 = one per core. Does not affect the digest.
     pub threads: usize,
+    /// Cancelling ends the digest with [`VerifyError::Cancelled`] at the next directory or file.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// The digest of a tree and what it covered.
@@ -116,6 +118,9 @@ impl VerifyReport {
 /// Why a tree could not be digested.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The digest was cancelled.
+    #[error("verify cancelled")]
+    Cancelled,
     /// A system call on an entry failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -182,7 +187,12 @@ fn digest_in_pool(root: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
         .collect();
     let hashes: Vec<(usize, [u8; 32])> = to_hash
         .par_iter()
-        .map(|&i| hash_file(root, &entries[i]).map(|h| (i, h)))
+        .map(|&i| {
+            if opts.cancel.is_cancelled() {
+                return Err(VerifyError::Cancelled);
+            }
+            hash_file(root, &entries[i]).map(|h| (i, h))
+        })
         .collect::<Result<_, _>>()?;
     let mut content: Vec<Option<[u8; 32]>> = vec![None; entries.len()];
     for (i, h) in hashes {
@@ -282,6 +292,9 @@ impl Kind {
 /// no particular order. Entries of one directory are stat'ed in parallel and subdirectories
 /// walked in parallel.
 fn walk_dir(root: &Path, dir_rel: &[u8], opts: &VerifyOptions) -> Result<Vec<Entry>, VerifyError> {
+    if opts.cancel.is_cancelled() {
+        return Err(VerifyError::Cancelled);
+    }
     let dir = abs_path(root, dir_rel);
     let mut names = Vec::new();
     for item in fs::read_dir(&dir).map_err(io_error("read directory", &dir))? {
@@ -914,6 +927,7 @@ mod tests {
         let opts = VerifyOptions {
             exclude_xattr: vec!["user.sk?p*".into()],
             threads: 2,
+            ..VerifyOptions::default()
         };
         let dir = test_dir();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));

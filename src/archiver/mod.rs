@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::crypto::Key;
 use crate::fsmeta::{NameCache, ReadOptions};
 use crate::host;
@@ -63,6 +65,9 @@ pub struct SnapshotOptions {
     pub read_options: ReadOptions,
     /// `source` is a block device (or a file standing in for one) to snapshot as one file.
     pub block: bool,
+    /// Cancelling stops the pipeline at its next step; the snapshot then ends with
+    /// [`ArchiveError::Cancelled`], stores no index or snapshot file and releases its lock.
+    pub cancel: CancellationToken,
 }
 
 /// Counters of a running snapshot, for progress display and the summary.
@@ -120,6 +125,7 @@ pub struct Shared {
     stats: Arc<Stats>,
     root: Mutex<Option<TreeId>>,
     abort: AtomicBool,
+    cancel: CancellationToken,
     fatal: Mutex<Option<String>>,
     warnings: Mutex<Vec<String>>,
 }
@@ -150,7 +156,7 @@ impl Shared {
     }
 
     fn aborted(&self) -> bool {
-        self.abort.load(Ordering::Relaxed)
+        self.abort.load(Ordering::Relaxed) || self.cancel.is_cancelled()
     }
 
     /// Stops the pipeline with a fatal error (the first one is kept).
@@ -194,6 +200,12 @@ pub enum ArchiveError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The snapshot was cancelled before it was stored.
+    #[error("snapshot of {path} cancelled")]
+    Cancelled {
+        /// The source path.
+        path: String,
     },
     /// A stage failed.
     #[error("snapshot of {path} failed: {reason}")]
@@ -255,6 +267,7 @@ async fn run_snapshot(
         stats,
         root: Mutex::new(None),
         abort: AtomicBool::new(false),
+        cancel: opts.cancel.clone(),
         fatal: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
     });
@@ -292,6 +305,13 @@ async fn run_snapshot(
         });
     }
     let packs = packs?;
+    if opts.cancel.is_cancelled() {
+        // Packs already stored stay unreferenced: restic check reports them as harmless
+        // additional files until a prune.
+        return Err(ArchiveError::Cancelled {
+            path: opts.source.display().to_string(),
+        });
+    }
     if let Some(reason) = fatal.into_inner().expect("fatal lock") {
         return Err(ArchiveError::Pipeline {
             path: opts.source.display().to_string(),

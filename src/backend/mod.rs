@@ -23,7 +23,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use crate::id::Id;
 use crate::location::Location;
 
-pub use open::BackendOptions;
+pub use open::{BackendOptions, StoreCredentials};
 pub use retry::RetryPolicy;
 
 /// Objects larger than this are uploaded in parts (S3 refuses single uploads over 5 GiB and

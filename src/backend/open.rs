@@ -33,12 +33,62 @@ pub struct BackendOptions {
     pub s3_path_style: bool,
     /// A PEM file of CA certificates to trust in addition to the system's.
     pub ca_bundle: Option<PathBuf>,
+    /// PEM CA certificates to trust, given as bytes (the agent receives them in requests).
+    pub ca_pem: Option<Vec<u8>>,
     /// Accept any TLS certificate (lab stores with self-signed certificates only).
     pub insecure_tls: bool,
     /// The longest one request may take.
     pub request_timeout: Duration,
     /// Retries of failed requests to network stores.
     pub retry: RetryPolicy,
+    /// Credentials given explicitly; when set for a store, that store's builder starts empty
+    /// instead of from the environment, so they are never mixed with the process's own.
+    pub credentials: StoreCredentials,
+}
+
+/// Object store credentials passed explicitly instead of through the environment. `Debug`
+/// shows which are set, never their values.
+#[derive(Clone, Default)]
+pub struct StoreCredentials {
+    /// S3 access key id.
+    pub aws_access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub aws_secret_access_key: Option<String>,
+    /// S3 session token.
+    pub aws_session_token: Option<String>,
+    /// Azure storage account name.
+    pub azure_account_name: Option<String>,
+    /// Azure storage account key.
+    pub azure_account_key: Option<String>,
+    /// A GCS service account key as JSON.
+    pub google_service_account_json: Option<String>,
+}
+
+impl StoreCredentials {
+    fn aws(&self) -> bool {
+        self.aws_access_key_id.is_some() || self.aws_secret_access_key.is_some()
+    }
+
+    fn azure(&self) -> bool {
+        self.azure_account_name.is_some() || self.azure_account_key.is_some()
+    }
+}
+
+impl std::fmt::Debug for StoreCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("StoreCredentials")
+            .field("aws_access_key_id", &set(&self.aws_access_key_id))
+            .field("aws_secret_access_key", &set(&self.aws_secret_access_key))
+            .field("aws_session_token", &set(&self.aws_session_token))
+            .field("azure_account_name", &set(&self.azure_account_name))
+            .field("azure_account_key", &set(&self.azure_account_key))
+            .field(
+                "google_service_account_json",
+                &set(&self.google_service_account_json),
+            )
+            .finish()
+    }
 }
 
 impl Default for BackendOptions {
@@ -48,9 +98,11 @@ impl Default for BackendOptions {
             s3_region: None,
             s3_path_style: false,
             ca_bundle: None,
+            ca_pem: None,
             insecure_tls: false,
             request_timeout: Duration::from_secs(120),
             retry: RetryPolicy::NETWORK,
+            credentials: StoreCredentials::default(),
         }
     }
 }
@@ -60,15 +112,22 @@ fn client_options(opts: &BackendOptions, location: &str) -> Result<ClientOptions
         .with_timeout(opts.request_timeout)
         .with_connect_timeout(Duration::from_secs(10).min(opts.request_timeout))
         .with_allow_invalid_certificates(opts.insecure_tls);
+    let mut bundles = Vec::new();
     if let Some(path) = &opts.ca_bundle {
         let pem = std::fs::read(path).map_err(|source| BackendError::Config {
             location: location.to_string(),
             reason: format!("read CA bundle {}: {source}", path.display()),
         })?;
+        bundles.push((format!("CA bundle {}", path.display()), pem));
+    }
+    if let Some(pem) = &opts.ca_pem {
+        bundles.push(("the CA certificates given".to_string(), pem.clone()));
+    }
+    for (what, pem) in bundles {
         let certs =
             object_store::Certificate::from_pem_bundle(&pem).map_err(|e| BackendError::Config {
                 location: location.to_string(),
-                reason: format!("parse CA bundle {}: {e}", path.display()),
+                reason: format!("parse {what}: {e}"),
             })?;
         for cert in certs {
             c = c.with_root_certificate(cert);
@@ -101,7 +160,23 @@ pub fn network_store(
             bucket,
             prefix,
         } => {
-            let mut b = AmazonS3Builder::from_env()
+            let creds = &opts.credentials;
+            let start = if creds.aws() {
+                let mut b = AmazonS3Builder::new();
+                if let Some(v) = &creds.aws_access_key_id {
+                    b = b.with_access_key_id(v);
+                }
+                if let Some(v) = &creds.aws_secret_access_key {
+                    b = b.with_secret_access_key(v);
+                }
+                if let Some(v) = &creds.aws_session_token {
+                    b = b.with_token(v);
+                }
+                b
+            } else {
+                AmazonS3Builder::from_env()
+            };
+            let mut b = start
                 .with_bucket_name(bucket)
                 .with_retry(no_retries())
                 .with_client_options(client_options(opts, &shown)?);
@@ -128,26 +203,49 @@ pub fn network_store(
             Ok((Arc::new(store), prefix.clone()))
         }
         Location::Gcs { bucket, prefix } => {
-            let mut b = GoogleCloudStorageBuilder::from_env()
+            let key = &opts.credentials.google_service_account_json;
+            let start = match key {
+                Some(json) => GoogleCloudStorageBuilder::new().with_service_account_key(json),
+                None => GoogleCloudStorageBuilder::from_env(),
+            };
+            let mut b = start
                 .with_bucket_name(bucket)
                 .with_retry(no_retries())
                 .with_client_options(client_options(opts, &shown)?);
-            if let Ok(path) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
+            if key.is_none()
+                && let Ok(path) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS")
+            {
                 b = b.with_application_credentials(path);
             }
             let store = b.build().map_err(config_err)?;
             Ok((Arc::new(store), prefix.clone()))
         }
         Location::Azure { container, prefix } => {
-            let mut b = MicrosoftAzureBuilder::from_env()
+            let creds = &opts.credentials;
+            let explicit = creds.azure();
+            let start = if explicit {
+                let mut b = MicrosoftAzureBuilder::new();
+                if let Some(v) = &creds.azure_account_name {
+                    b = b.with_account(v);
+                }
+                if let Some(v) = &creds.azure_account_key {
+                    b = b.with_access_key(v);
+                }
+                b
+            } else {
+                MicrosoftAzureBuilder::from_env()
+            };
+            let mut b = start
                 .with_container_name(container)
                 .with_retry(no_retries())
                 .with_client_options(client_options(opts, &shown)?);
-            if let Ok(name) = std::env::var("AZURE_ACCOUNT_NAME") {
-                b = b.with_account(name);
-            }
-            if let Ok(key) = std::env::var("AZURE_ACCOUNT_KEY") {
-                b = b.with_access_key(key);
+            if !explicit {
+                if let Ok(name) = std::env::var("AZURE_ACCOUNT_NAME") {
+                    b = b.with_account(name);
+                }
+                if let Ok(key) = std::env::var("AZURE_ACCOUNT_KEY") {
+                    b = b.with_access_key(key);
+                }
             }
             let store = b.build().map_err(config_err)?;
             Ok((Arc::new(store), prefix.clone()))

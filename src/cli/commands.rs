@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::archiver::{self, SnapshotOptions, Stats};
+use tokio_util::sync::CancellationToken;
+
 use crate::backend::FileType;
-use crate::fsapply::ApplyOptions;
 use crate::fsmeta::ReadOptions;
 use crate::id::{BlobType, Id, KeyId};
 use crate::keyfile::KdfParams;
 use crate::node::NodeType;
 use crate::repository::{Repository, snapshot_time};
-use crate::restorer::{self, RestoreOptions, RestoreStats};
-use crate::snapshot::Snapshot;
-use crate::{checker, gojson};
+use crate::restorer::RestoreStats;
+use crate::{checker, gojson, operations};
 
 use super::output::{self, Progress};
 use super::{
@@ -78,80 +77,69 @@ async fn tick_until<F: Fn()>(done: &tokio::sync::Notify, f: F) {
     }
 }
 
+/// A token cancelled on Ctrl-C, so that an interrupted command releases its lock.
+fn cancel_on_interrupt() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("ferry: interrupted, stopping");
+            t.cancel();
+        }
+    });
+    token
+}
+
 async fn snapshot(cli: &Cli, args: &SnapshotArgs) -> anyhow::Result<u8> {
     let path = &args.path;
-    let host = args.host.as_str();
-    let parent = args.parent.as_deref();
-    let as_path = args.as_path.as_deref();
     let source = std::path::absolute(path)
         .with_context(|| format!("resolve source path {}", path.display()))?;
-    let recorded = match as_path {
-        Some(p) => p.to_string(),
-        None => source.to_string_lossy().into_owned(),
-    };
     let repo = Arc::new(cli.open(true).await?);
-    let paths = vec![recorded];
-    let mut tags = args.tags.clone();
-    tags.sort();
-    let parent = match parent {
-        Some(spec) => Some(repo.find_snapshot(spec, |_| true).await?),
-        None => {
-            let same = |s: &Snapshot| {
-                s.hostname == host && s.paths == paths && {
-                    let mut t = s.tags.clone();
-                    t.sort();
-                    t == tags
-                }
-            };
-            match repo.find_snapshot("latest", same).await {
-                Ok(p) => Some(p),
-                Err(crate::repository::RepoError::SnapshotNotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    if let Some((id, _)) = &parent
-        && !cli.quiet
-        && !cli.json
-    {
-        eprintln!("using parent snapshot {}", id.short());
-    }
-    let opts = SnapshotOptions {
+    let req = operations::SnapshotRequest {
         source,
-        paths,
-        hostname: host.to_string(),
-        tags,
-        parent,
-        workers: cli.workers,
-        connections: cli.connections(repo.backend()),
+        as_path: args.as_path.clone(),
+        host: args.host.clone(),
+        tags: args.tags.clone(),
+        parent: args.parent.clone(),
+        block: args.block,
         read_options: ReadOptions {
             with_atime: args.with_atime,
             xattrs: true,
         },
-        block: args.block,
+        workers: cli.workers,
+        connections: cli.connections(repo.backend()),
     };
-    let stats = Arc::new(Stats::default());
+    let state = Arc::new(operations::SnapshotProgress::default());
     let progress = Progress::new(cli.json, cli.quiet);
     let started = Instant::now();
     let done = tokio::sync::Notify::new();
+    let cancel = cancel_on_interrupt();
     let work = async {
-        let r = archiver::snapshot(Arc::clone(&repo), opts, Arc::clone(&stats)).await;
+        let r = operations::snapshot(repo, req, Arc::clone(&state), cancel).await;
         done.notify_one();
         r
     };
+    let stats = &state.stats;
     let show = tick_until(&done, || {
         progress.update(
             started,
             stats.files_processed.load(Ordering::Relaxed),
             stats.bytes_processed.load(Ordering::Relaxed),
-            0,
+            state.totals.bytes.load(Ordering::Relaxed),
         )
     });
     let (result, ()) = tokio::join!(work, show);
     progress.finish();
-    let outcome = result?;
+    let done = result?;
+    if let Some(id) = &done.parent
+        && !cli.quiet
+        && !cli.json
+    {
+        eprintln!("used parent snapshot {}", id.short());
+    }
+    let outcome = done.outcome;
     let summary = outcome.snapshot.summary.clone().unwrap_or_default();
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = done.seconds;
     if cli.json {
         for w in &outcome.warnings {
             println!(
@@ -218,51 +206,37 @@ async fn snapshot(cli: &Cli, args: &SnapshotArgs) -> anyhow::Result<u8> {
 
 async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<u8> {
     let repo = Arc::new(cli.open(true).await?);
-    let (id, snap) = repo.find_snapshot(&args.snapshot, |_| true).await?;
-    let base = match &args.base {
-        Some(spec) => Some(repo.find_snapshot(spec, |_| true).await?.1.tree),
-        None => None,
-    };
-    let mut apply = ApplyOptions::for_current_user();
-    apply
-        .exclude_xattr
-        .extend(args.exclude_xattr.iter().cloned());
-    let opts = RestoreOptions {
-        target: std::path::absolute(&args.target)
-            .with_context(|| format!("resolve target path {}", args.target.display()))?,
-        workers: cli.workers,
-        connections: cli.connections(repo.backend()),
-        apply,
-        delete: args.delete,
-        base,
-    };
+    let target = std::path::absolute(&args.target)
+        .with_context(|| format!("resolve target path {}", args.target.display()))?;
+    let (id, snap) = operations::find_snapshot(&repo, &args.snapshot).await?;
     if !cli.quiet && !cli.json {
         eprintln!(
             "restoring snapshot {} of {} to {}",
             id.short(),
             snap.paths.join(", "),
-            opts.target.display()
+            target.display()
         );
     }
+    let req = operations::RestoreRequest {
+        // The id just resolved, so that a snapshot added meanwhile cannot change the answer.
+        snapshot: id.to_hex(),
+        target,
+        delete: args.delete,
+        base: args.base.clone(),
+        exclude_xattr: args.exclude_xattr.clone(),
+        block: args.block,
+        workers: cli.workers,
+        connections: cli.connections(repo.backend()),
+    };
     let stats = RestoreStats::default();
     let progress = Progress::new(cli.json, cli.quiet);
     let started = Instant::now();
     let done = tokio::sync::Notify::new();
+    let cancel = cancel_on_interrupt();
     let work = async {
-        let r = if args.block {
-            restorer::restore_block(
-                Arc::clone(&repo),
-                snap.tree,
-                &opts.target,
-                opts.connections,
-                &stats,
-            )
-            .await
-        } else {
-            restorer::restore(Arc::clone(&repo), snap.tree, &opts, &stats).await
-        };
+        let r = operations::restore(Arc::clone(&repo), req, &stats, cancel).await;
         done.notify_one();
-        r.map_err(anyhow::Error::from)
+        r
     };
     let show = tick_until(&done, || {
         progress.update(
@@ -274,7 +248,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<u8> {
     });
     let (result, ()) = tokio::join!(work, show);
     progress.finish();
-    let out = result?;
+    let out = result?.outcome;
     let elapsed = started.elapsed().as_secs_f64();
     if out.base_rejected && !cli.quiet {
         eprintln!("warning: the target does not hold the base snapshot; compared the whole tree");
@@ -312,14 +286,16 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<u8> {
 }
 
 async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
-    let opts = crate::verify::VerifyOptions {
-        exclude_xattr: args.exclude_xattr.clone(),
-        threads: cli.workers,
-    };
-    let path = args.path.clone();
-    let report = tokio::task::spawn_blocking(move || crate::verify::digest(&path, &opts))
-        .await
-        .context("verify task")??;
+    let path = std::path::absolute(&args.path)
+        .with_context(|| format!("resolve path {}", args.path.display()))?;
+    let report = operations::verify(
+        path,
+        false,
+        args.exclude_xattr.clone(),
+        cli.workers,
+        cancel_on_interrupt(),
+    )
+    .await?;
     if cli.json {
         println!(
             "{}",

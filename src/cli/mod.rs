@@ -265,6 +265,11 @@ fn exit_code_for(e: &anyhow::Error) -> u8 {
                     _ => None,
                 },
             )
+            .or_else(|| {
+                cause
+                    .downcast_ref::<crate::operations::OpError>()
+                    .and_then(|e| e.repo_error())
+            })
             .or_else(
                 || match cause.downcast_ref::<crate::restorer::RestoreError>() {
                     Some(crate::restorer::RestoreError::Repo(r)) => Some(r),
@@ -304,6 +309,7 @@ impl Cli {
                 max_retries: self.max_retries,
                 ..RetryPolicy::NETWORK
             },
+            ..BackendOptions::default()
         };
         Ok(Backend::open(loc, &opts)?)
     }

@@ -27,9 +27,10 @@ pub async fn restore_block(
     target: &Path,
     connections: usize,
     stats: &RestoreStats,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreOutcome, RestoreError> {
     let lock = repo.lock(false).await?;
-    let result = write_volume(&repo, root, target, connections, stats).await;
+    let result = write_volume(&repo, root, target, connections, stats, cancel).await;
     let released = lock.release().await;
     let out = result?;
     released?;
@@ -42,6 +43,7 @@ async fn write_volume(
     target: &Path,
     connections: usize,
     stats: &RestoreStats,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreOutcome, RestoreError> {
     let block_err = |reason: String| RestoreError::Block {
         target: target.display().to_string(),
@@ -109,7 +111,16 @@ async fn write_volume(
             async move { repo.load_blob(BlobType::Data, &b.0).await.map(|d| (d, off)) }
         })
         .buffered(connections.max(1));
-    while let Some(r) = blobs.next().await {
+    loop {
+        let r = tokio::select! {
+            r = blobs.next() => r,
+            () = cancel.cancelled() => {
+                return Err(RestoreError::Cancelled {
+                    target: target.display().to_string(),
+                });
+            }
+        };
+        let Some(r) = r else { break };
         let (data, off) = r?;
         // A hole in a file this restore created already reads as zeros.
         if !(fresh && crate::chunker::is_zero(&data)) {

@@ -29,6 +29,7 @@ pub fn compare_all(
     plan: &Plan,
     created: &Created,
     threads: usize,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> (Vec<Needed>, Vec<String>) {
     let needed = Mutex::new(Vec::new());
     let errors = Mutex::new(Vec::new());
@@ -55,7 +56,7 @@ pub fn compare_all(
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                loop {
+                while !cancel.is_cancelled() {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&i) = candidates.get(k) else { break };
                     match compare_one(repo, plan, created, i) {

@@ -191,6 +191,7 @@ pub async fn write_all(
     w: &Writers<'_>,
     threads: usize,
     connections: usize,
+    cancel: &tokio_util::sync::CancellationToken,
 ) {
     let threads = threads.max(1);
     let groups = read_groups(w.plan);
@@ -212,7 +213,12 @@ pub async fn write_all(
                 }
             })
             .buffered(connections.max(1));
-        while let Some(r) = reads.next().await {
+        loop {
+            let r = tokio::select! {
+                r = reads.next() => r,
+                () = cancel.cancelled() => None,
+            };
+            let Some(r) = r else { break };
             match r {
                 Ok(item) => {
                     if tx.send(item).await.is_err() {

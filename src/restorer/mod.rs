@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::fsapply::{self, ApplyOptions};
 use crate::id::TreeId;
 use crate::node::NodeType;
@@ -47,6 +49,10 @@ pub struct RestoreOptions {
     /// The root tree of a snapshot the target is known to hold: subtrees equal in both are
     /// skipped without looking at the disk.
     pub base: Option<TreeId>,
+    /// Cancelling stops the restore at its next step with [`RestoreError::Cancelled`]: no
+    /// temporary file is renamed, so every real name keeps its old content, and the lock is
+    /// released.
+    pub cancel: CancellationToken,
 }
 
 /// Progress counters of a running restore.
@@ -110,6 +116,12 @@ pub enum RestoreError {
         /// The first error.
         first: String,
     },
+    /// The restore was cancelled.
+    #[error("restore into {target} cancelled")]
+    Cancelled {
+        /// The target.
+        target: String,
+    },
     /// A block restore's target is not suitable.
     #[error("restore block volume onto {target}: {reason}")]
     Block {
@@ -164,6 +176,10 @@ async fn run(
         delete: opts.delete,
         base,
         repo,
+        cancel: &opts.cancel,
+    };
+    let cancelled = || RestoreError::Cancelled {
+        target: opts.target.display().to_string(),
     };
     let mut plan = plan::plan(&popts, root, &opts.target).await?;
     stats.files_total.store(
@@ -172,7 +188,12 @@ async fn run(
     );
     let created = file_writer::Created::new(&plan);
     let (needed, mut errors) =
-        tokio::task::block_in_place(|| compare::compare_all(repo, &plan, &created, workers));
+        tokio::task::block_in_place(|| {
+            compare::compare_all(repo, &plan, &created, workers, &opts.cancel)
+        });
+    if opts.cancel.is_cancelled() {
+        return Err(cancelled());
+    }
     let mut fetched = 0u64;
     for (file, blob, offset) in &needed {
         plan.add_blob_use(repo, *file, blob, *offset)?;
@@ -181,7 +202,10 @@ async fn run(
     plan.sort_packs();
     stats.bytes_total.store(fetched, Ordering::Relaxed);
     let writers = file_writer::Writers::new(&plan, &created, Arc::clone(&stats.bytes_done));
-    file_writer::write_all(repo, &writers, workers, opts.connections).await;
+    file_writer::write_all(repo, &writers, workers, opts.connections, &opts.cancel).await;
+    if opts.cancel.is_cancelled() {
+        return Err(cancelled());
+    }
     writers.create_remaining();
     errors.extend(writers.take_errors());
     if !errors.is_empty() {

@@ -137,6 +137,8 @@ pub struct PlanOptions<'a> {
     pub base: Option<TreeId>,
     /// The repository (trees and index).
     pub repo: &'a Repository,
+    /// Checked before each directory.
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -177,6 +179,11 @@ pub async fn plan(
     // Explicit stack instead of recursion: trees can nest deeper than a thread's stack.
     let mut stack = vec![(root, target.to_path_buf(), opts.base, fresh)];
     while let Some((tree_id, dir, base, fresh)) = stack.pop() {
+        if opts.cancel.is_cancelled() {
+            return Err(RestoreError::Cancelled {
+                target: target.display().to_string(),
+            });
+        }
         let tree = load_checked_tree(opts.repo, &tree_id).await?;
         let base_tree = match base {
             Some(b) => Some(load_checked_tree(opts.repo, &b).await?),
