@@ -3,6 +3,7 @@
 //! The library reads and writes restic repositories (format version 2) and snapshots and
 //! restores directory trees; `ARCHITECTURE.md` maps its modules.
 
+pub mod agent;
 pub mod archiver;
 pub mod backend;
 pub mod checker;

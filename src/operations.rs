@@ -291,7 +291,9 @@ pub async fn restore(
         None => None,
     };
     let mut apply = ApplyOptions::for_current_user();
-    apply.exclude_xattr.extend(req.exclude_xattr.iter().cloned());
+    apply
+        .exclude_xattr
+        .extend(req.exclude_xattr.iter().cloned());
     let opts = RestoreOptions {
         target: req.target.clone(),
         workers: req.workers,
@@ -302,8 +304,15 @@ pub async fn restore(
         cancel: cancel.clone(),
     };
     let outcome = if req.block {
-        restorer::restore_block(repo, snap.tree, &opts.target, opts.connections, stats, &cancel)
-            .await?
+        restorer::restore_block(
+            repo,
+            snap.tree,
+            &opts.target,
+            opts.connections,
+            stats,
+            &cancel,
+        )
+        .await?
     } else {
         restorer::restore(repo, snap.tree, &opts, stats).await?
     };

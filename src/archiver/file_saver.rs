@@ -113,6 +113,10 @@ fn read_file(
             .stats
             .bytes_processed
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .bytes_read
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let id = zero_ids.id(chunk);
         if shared.claim(BlobType::Data, id) {
             let sent = chunks.send(NewChunk {

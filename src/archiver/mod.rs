@@ -77,6 +77,8 @@ pub struct Stats {
     pub files_processed: AtomicU64,
     /// Bytes of files seen (read or reused).
     pub bytes_processed: AtomicU64,
+    /// Bytes of files actually read (new or changed files).
+    pub bytes_read: AtomicU64,
     /// Files not in the parent.
     pub files_new: AtomicU64,
     /// Files in the parent but changed.

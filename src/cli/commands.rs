@@ -31,6 +31,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<u8> {
             AgentCommand::Snapshot(args) => snapshot(cli, args).await,
             AgentCommand::Restore(args) => restore(cli, args).await,
             AgentCommand::Verify(args) => verify(cli, args).await,
+            AgentCommand::Serve(args) => super::serve::run(args).await,
         },
         Command::Snapshots => snapshots(cli).await,
         Command::Ls { snapshot } => ls(cli, snapshot).await,

@@ -8,6 +8,7 @@
 mod commands;
 mod output;
 mod password;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -138,6 +139,55 @@ pub enum AgentCommand {
     Restore(RestoreArgs),
     /// Print a BLAKE3 digest of a whole tree (see `ferry::verify` for what it covers).
     Verify(VerifyArgs),
+    /// Run the node agent: the gRPC service the coordinator calls, and a metrics endpoint.
+    Serve(Box<ServeArgs>),
+}
+
+/// `ferry agent serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address of the gRPC service.
+    #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the Prometheus /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// Where the node's kubelet directory is mounted.
+    #[arg(long, env = "FERRY_KUBELET_ROOT", default_value = "/var/lib/kubelet")]
+    pub kubelet_root: PathBuf,
+    /// This node's name [default: the host name].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This cluster's name, reported to callers.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "")]
+    pub cluster_name: String,
+    /// PEM certificate chain of the agent.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the agent.
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: mutual TLS, certificates required.
+    #[arg(long, env = "FERRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding the bearer token every call must carry.
+    #[arg(long, env = "FERRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve without authentication (on a loopback address only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Jobs running at once on this node; later ones wait in order.
+    #[arg(long, env = "FERRY_MAX_JOBS", default_value_t = 2)]
+    pub max_jobs: usize,
+    /// Worker threads per job stage (0: cores / max-jobs).
+    #[arg(long, env = "FERRY_JOB_WORKERS", default_value_t = 0)]
+    pub job_workers: usize,
+    /// Seconds running jobs may go on after SIGTERM before they are cancelled.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value_t = 20)]
+    pub shutdown_grace: u64,
+    /// A directory under which requests may name local repositories (repeatable).
+    #[arg(long)]
+    pub allow_local_repository: Vec<PathBuf>,
 }
 
 /// `ferry agent snapshot`.
@@ -219,7 +269,13 @@ pub enum KeyCommand {
 /// Parses arguments, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_logging(cli.json);
+    match &cli.command {
+        // A daemon logs JSON at info level, with each job's id, as pods are expected to.
+        Command::Agent {
+            command: AgentCommand::Serve(_),
+        } => output::init_daemon_logging(),
+        _ => output::init_logging(cli.json),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)

@@ -23,6 +23,21 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// JSON log lines on stderr at `info` (or `FERRY_LOG`), with the fields of the current span
+/// (a job's id) on every line.
+pub fn init_daemon_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .try_init();
+}
+
 /// Bytes in restic's style: `1.234 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

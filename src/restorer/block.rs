@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 
-use crate::id::{BlobType, TreeId};
+use crate::id::{BlobType, Id, TreeId};
 use crate::node::NodeType;
 use crate::repository::{RepoError, Repository};
 
@@ -105,10 +105,13 @@ async fn write_volume(
         )
         .into());
     }
-    let mut blobs = futures::stream::iter(content.iter().zip(offsets))
-        .map(|(b, off)| {
+    // Owned ids, so that the stream's future is Send for any caller (a borrowing closure here
+    // defeats the compiler's proof through higher-ranked lifetimes).
+    let ids: Vec<Id> = content.iter().map(|b| b.0).collect();
+    let mut blobs = futures::stream::iter(ids.into_iter().zip(offsets))
+        .map(|(id, off)| {
             let repo = Arc::clone(repo);
-            async move { repo.load_blob(BlobType::Data, &b.0).await.map(|d| (d, off)) }
+            async move { repo.load_blob(BlobType::Data, &id).await.map(|d| (d, off)) }
         })
         .buffered(connections.max(1));
     loop {

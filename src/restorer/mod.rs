@@ -187,10 +187,9 @@ async fn run(
         Ordering::Relaxed,
     );
     let created = file_writer::Created::new(&plan);
-    let (needed, mut errors) =
-        tokio::task::block_in_place(|| {
-            compare::compare_all(repo, &plan, &created, workers, &opts.cancel)
-        });
+    let (needed, mut errors) = tokio::task::block_in_place(|| {
+        compare::compare_all(repo, &plan, &created, workers, &opts.cancel)
+    });
     if opts.cancel.is_cancelled() {
         return Err(cancelled());
     }

@@ -1,0 +1,114 @@
+//! `ferry agent serve`: reads the agent's flags and files, binds its two listeners, announces
+//! them on stdout, and runs the agent and its metrics endpoint until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{EXIT_OK, ServeArgs};
+use crate::agent::{self, AgentConfig, AuthConfig, TlsConfig, metrics};
+
+/// Runs the agent; returns when it has stopped and every job has released its lock.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert_pem: read(cert, "TLS certificate")?,
+            key_pem: read(key, "TLS key")?,
+            client_ca_pem: match &args.tls_client_ca {
+                Some(ca) => Some(read(ca, "client CA")?),
+                None => None,
+            },
+        }),
+        _ => None,
+    };
+    let token = match &args.token_file {
+        Some(p) => Some(
+            String::from_utf8(read(p, "token file")?)
+                .with_context(|| format!("token file {} is not UTF-8", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let config = AgentConfig {
+        node_name: args.node_name.clone().unwrap_or_else(crate::host::hostname),
+        cluster_name: args.cluster_name.clone(),
+        kubelet_root: args.kubelet_root.clone(),
+        auth: AuthConfig {
+            tls,
+            token,
+            insecure: args.insecure,
+        },
+        max_jobs: args.max_jobs.max(1),
+        job_workers: args.job_workers,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        local_repositories: args.allow_local_repository.clone(),
+    };
+    // Refuse an unsafe configuration before binding anything.
+    agent::auth::check_config(&config.auth, args.listen)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind the gRPC address {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics address {}", args.metrics_listen))?;
+    let grpc_addr = listener.local_addr().context("gRPC listener address")?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .context("metrics listener address")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "message_type": "listening",
+            "grpc": grpc_addr.to_string(),
+            "metrics": metrics_addr.to_string(),
+        })
+    );
+
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_stop.cancel();
+    });
+    let registry = Arc::new(metrics::Metrics::new());
+    let metrics_stop = CancellationToken::new();
+    let ready_stop = stop.clone();
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        Arc::clone(&registry),
+        Arc::new(move || !ready_stop.is_cancelled()),
+        metrics_stop.clone().cancelled_owned(),
+    ));
+    let served = agent::serve(listener, config, registry, stop.cancelled_owned()).await;
+    metrics_stop.cancel();
+    match metrics_task.await {
+        Ok(Err(e)) => tracing::warn!("metrics endpoint: {e}"),
+        Err(e) => tracing::warn!("metrics endpoint task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    served?;
+    Ok(EXIT_OK)
+}
+
+/// SIGTERM (what the kubelet sends) or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
