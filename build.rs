@@ -8,7 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("ferry_descriptor.bin"))
-        .compile_protos(&["proto/ferry/v1/agent.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/ferry/v1/agent.proto",
+                "proto/ferry/v1/coordinator.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }
