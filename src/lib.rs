@@ -10,6 +10,7 @@ pub mod checker;
 pub mod chunker;
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod crypto;
 pub mod filemode;
 pub mod fsapply;
