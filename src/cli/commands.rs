@@ -33,6 +33,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<u8> {
             AgentCommand::Verify(args) => verify(cli, args).await,
             AgentCommand::Serve(args) => super::serve::run(args).await,
         },
+        Command::Coordinator {
+            command: super::CoordinatorCommand::Serve(args),
+        } => super::coordinator::serve(args).await,
+        Command::Plan(args) => super::coordinator::plan(args, cli.json).await,
         Command::Snapshots => snapshots(cli).await,
         Command::Ls { snapshot } => ls(cli, snapshot).await,
         Command::Check { read_data } => check(cli, *read_data).await,

@@ -6,6 +6,7 @@
 //! shapes, one JSON object per line.
 
 mod commands;
+mod coordinator;
 mod output;
 mod password;
 mod serve;
@@ -96,6 +97,14 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The coordinator: migration plans driven across the agents.
+    Coordinator {
+        /// The coordinator command.
+        #[command(subcommand)]
+        command: CoordinatorCommand,
+    },
+    /// Create, run and watch migration plans on a coordinator.
+    Plan(PlanArgs),
     /// List snapshots.
     Snapshots,
     /// List the entries of a snapshot.
@@ -248,6 +257,143 @@ pub struct VerifyArgs {
     pub exclude_xattr: Vec<String>,
 }
 
+/// Coordinator commands.
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorCommand {
+    /// Run the coordinator's gRPC service.
+    Serve(Box<CoordinatorServeArgs>),
+}
+
+/// `ferry coordinator serve`.
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorServeArgs {
+    /// Address of the gRPC service.
+    #[arg(long, env = "FERRY_COORDINATOR_LISTEN", default_value = "0.0.0.0:8444")]
+    pub listen: std::net::SocketAddr,
+    /// The SQLite database holding plans (on a persistent volume).
+    #[arg(
+        long,
+        env = "FERRY_DATABASE",
+        default_value = "/var/lib/ferry/coordinator.db"
+    )]
+    pub database: PathBuf,
+    /// The key that seals secrets at rest: 32 bytes, raw, hex or base64.
+    #[arg(long, env = "FERRY_SEALING_KEY_FILE")]
+    pub key_file: PathBuf,
+    /// Create the key file with a random key when it does not exist.
+    #[arg(long)]
+    pub generate_key: bool,
+    /// An agent known from the start, as CLUSTER/NODE=URL (repeatable).
+    #[arg(long = "agent")]
+    pub agents: Vec<String>,
+    /// PEM CA that signs the agents' certificates (TLS towards agents).
+    #[arg(long, env = "FERRY_AGENT_CA")]
+    pub agent_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS towards agents.
+    #[arg(long, env = "FERRY_AGENT_CERT", requires = "agent_key")]
+    pub agent_cert: Option<PathBuf>,
+    /// PEM key of that certificate.
+    #[arg(long, env = "FERRY_AGENT_KEY", requires = "agent_cert")]
+    pub agent_key: Option<PathBuf>,
+    /// The agents' bearer token.
+    #[arg(long, env = "FERRY_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+    /// Name to expect in the agents' certificates.
+    #[arg(long)]
+    pub agent_tls_domain: Option<String>,
+    /// PEM certificate chain of the coordinator.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the coordinator.
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates: mutual TLS, certificates required.
+    #[arg(long, env = "FERRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding the bearer token callers must send.
+    #[arg(long, env = "FERRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve without authentication (on a loopback address only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// `ferry plan`.
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        env = "FERRY_COORDINATOR",
+        default_value = "http://127.0.0.1:8444"
+    )]
+    pub coordinator: String,
+    /// File holding the coordinator's bearer token.
+    #[arg(long, env = "FERRY_COORDINATOR_TOKEN_FILE")]
+    pub coordinator_token_file: Option<PathBuf>,
+    /// PEM CA of the coordinator's certificate (TLS).
+    #[arg(long, env = "FERRY_COORDINATOR_CA")]
+    pub coordinator_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    #[arg(long, requires = "coordinator_key")]
+    pub coordinator_cert: Option<PathBuf>,
+    /// PEM key of that certificate.
+    #[arg(long, requires = "coordinator_cert")]
+    pub coordinator_key: Option<PathBuf>,
+    /// The plan command.
+    #[command(subcommand)]
+    pub command: PlanCommand,
+}
+
+/// Plan commands.
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Create a plan from a YAML (or JSON) file.
+    Create {
+        /// The plan file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Show a plan.
+    Get {
+        /// The plan's name.
+        name: String,
+    },
+    /// List plans.
+    List,
+    /// Stage every volume (repeatable, applications running).
+    Stage {
+        /// The plan's name.
+        name: String,
+        /// Follow until staged; exit 1 if the plan fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The final copy and verify (applications quiesced).
+    Final {
+        /// The plan's name.
+        name: String,
+        /// Follow until completed; exit 1 if the plan fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a plan's events until it completes, fails or is cancelled.
+    Watch {
+        /// The plan's name.
+        name: String,
+    },
+    /// Cancel a plan.
+    Cancel {
+        /// The plan's name.
+        name: String,
+    },
+    /// Delete a plan.
+    Delete {
+        /// The plan's name.
+        name: String,
+    },
+}
+
 /// Key file commands.
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
@@ -273,7 +419,8 @@ pub fn main() -> ExitCode {
         // A daemon logs JSON at info level, with each job's id, as pods are expected to.
         Command::Agent {
             command: AgentCommand::Serve(_),
-        } => output::init_daemon_logging(),
+        }
+        | Command::Coordinator { .. } => output::init_daemon_logging(),
         _ => output::init_logging(cli.json),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

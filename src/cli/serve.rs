@@ -97,7 +97,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
 }
 
 /// SIGTERM (what the kubelet sends) or SIGINT.
-async fn wait_for_signal() {
+pub(super) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -75,6 +75,13 @@ impl Interceptor for BearerToken {
     }
 }
 
+impl BearerToken {
+    /// Sends `value` (`Bearer <token>`) as `authorization`, or nothing.
+    pub fn new(value: Option<MetadataValue<tonic::metadata::Ascii>>) -> BearerToken {
+        BearerToken(value)
+    }
+}
+
 /// A client of one agent.
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, BearerToken>>;
 
@@ -253,7 +260,10 @@ mod tests {
             endpoint: e.into(),
             last_seen_ms: 0,
         };
-        let agents = Agents::new(vec![a("n1", "http://a"), a("n2", "http://b")], ClientAuth::default());
+        let agents = Agents::new(
+            vec![a("n1", "http://a"), a("n2", "http://b")],
+            ClientAuth::default(),
+        );
         agents.register(a("n1", "http://c"));
         let list = agents.list();
         assert_eq!(list.len(), 2);
