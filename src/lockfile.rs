@@ -42,6 +42,10 @@ pub struct LockFile {
         deserialize_with = "crate::gojson::null_as_default"
     )]
     pub gid: u32,
+    /// The agent job holding the lock, so that a coordinator can remove the locks of jobs
+    /// that died. restic ignores the field; it is written only by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ferry_job: Option<String>,
 }
 
 /// Why a lock file's JSON could not be read.
@@ -116,6 +120,7 @@ mod tests {
             pid: 7,
             uid: 0,
             gid: 0,
+            ferry_job: None,
         }
     }
 
@@ -132,6 +137,7 @@ mod tests {
             exclusive: true,
             uid: 1000,
             gid: 5,
+            ferry_job: None,
             hostname: String::new(),
             ..lock()
         };
@@ -277,7 +283,7 @@ mod tests {
             uid in prop_oneof![Just(0u32), any::<u32>()],
             gid in prop_oneof![Just(0u32), any::<u32>()],
         ) {
-            let l = LockFile { time, exclusive, hostname, username, pid, uid, gid };
+            let l = LockFile { time, exclusive, hostname, username, pid, uid, gid, ferry_job: None };
             let json = l.to_json();
             prop_assert_eq!(LockFile::from_json(&json).unwrap(), l.clone());
             let text = String::from_utf8(json).unwrap();

@@ -11,3 +11,32 @@ pub mod pb {
 
 /// The encoded file descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
+
+/// The backend options a `StoreOptions` and `StoreCredentials` ask for; empty strings are
+/// unset, a zero timeout is 120 seconds.
+pub fn backend_options(
+    o: pb::StoreOptions,
+    c: pb::StoreCredentials,
+) -> crate::backend::BackendOptions {
+    let set = |s: String| (!s.is_empty()).then_some(s);
+    crate::backend::BackendOptions {
+        s3_endpoint: set(o.s3_endpoint),
+        s3_region: set(o.s3_region),
+        s3_path_style: o.s3_path_style,
+        ca_pem: (!o.ca_pem.is_empty()).then_some(o.ca_pem),
+        insecure_tls: o.insecure_tls,
+        request_timeout: std::time::Duration::from_secs(match o.request_timeout_seconds {
+            0 => 120,
+            n => u64::from(n),
+        }),
+        credentials: crate::backend::StoreCredentials {
+            aws_access_key_id: set(c.aws_access_key_id),
+            aws_secret_access_key: set(c.aws_secret_access_key),
+            aws_session_token: set(c.aws_session_token),
+            azure_account_name: set(c.azure_account_name),
+            azure_account_key: set(c.azure_account_key),
+            google_service_account_json: set(c.google_service_account_json),
+        },
+        ..crate::backend::BackendOptions::default()
+    }
+}

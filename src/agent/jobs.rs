@@ -51,6 +51,7 @@ pub struct Jobs {
     max: usize,
     waiting: AtomicU32,
     running: AtomicU32,
+    running_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
     tracker: TaskTracker,
     all: CancellationToken,
     draining: CancellationToken,
@@ -71,6 +72,7 @@ pub struct Job {
 /// A held slot; dropping it frees the slot. [`Slot::finish`] records how the job ended.
 pub struct Slot {
     jobs: Arc<Jobs>,
+    id: String,
     kind: JobKind,
     started: Instant,
     finished: bool,
@@ -86,6 +88,7 @@ impl Jobs {
             max,
             waiting: AtomicU32::new(0),
             running: AtomicU32::new(0),
+            running_ids: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             tracker: TaskTracker::new(),
             all: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -101,6 +104,12 @@ impl Jobs {
     /// Jobs holding a slot.
     pub fn running(&self) -> u32 {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Ids of the jobs holding a slot.
+    pub fn running_ids(&self) -> Vec<String> {
+        let ids = self.running_ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().cloned().collect()
     }
 
     /// Jobs waiting for a slot.
@@ -152,9 +161,14 @@ impl Jobs {
             }
         };
         self.running.fetch_add(1, Ordering::Relaxed);
+        self.running_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.id.clone());
         self.metrics.job_started(job.kind);
         Some(Slot {
             jobs: Arc::clone(self),
+            id: job.id.clone(),
             kind: job.kind,
             started: Instant::now(),
             finished: false,
@@ -200,6 +214,11 @@ impl Slot {
         if !self.finished {
             self.finished = true;
             self.jobs.running.fetch_sub(1, Ordering::Relaxed);
+            self.jobs
+                .running_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
             self.jobs.metrics.job_finished(
                 self.kind,
                 outcome,

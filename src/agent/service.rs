@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::jobs::{self, Job, Jobs};
 use super::metrics::{JobKind, Metrics, Outcome};
 use super::volumes::{Kubelet, VolumeError, VolumeInfo, VolumeMode, VolumeRef};
-use crate::backend::{Backend, BackendOptions, StoreCredentials};
+use crate::backend::{Backend, BackendOptions};
 use crate::fsmeta::ReadOptions;
 use crate::location::Location;
 use crate::operations::{self, OpError};
@@ -125,33 +125,13 @@ impl AgentService {
             _ => {}
         }
         let o = spec.options.unwrap_or_default();
-        let c = spec.credentials.unwrap_or_default();
-        let set = |s: String| (!s.is_empty()).then_some(s);
-        let options = BackendOptions {
-            s3_endpoint: set(o.s3_endpoint),
-            s3_region: set(o.s3_region),
-            s3_path_style: o.s3_path_style,
-            ca_pem: (!o.ca_pem.is_empty()).then_some(o.ca_pem),
-            insecure_tls: o.insecure_tls,
-            request_timeout: Duration::from_secs(match o.request_timeout_seconds {
-                0 => 120,
-                n => u64::from(n),
-            }),
-            credentials: StoreCredentials {
-                aws_access_key_id: set(c.aws_access_key_id),
-                aws_secret_access_key: set(c.aws_secret_access_key),
-                aws_session_token: set(c.aws_session_token),
-                azure_account_name: set(c.azure_account_name),
-                azure_account_key: set(c.azure_account_key),
-                google_service_account_json: set(c.google_service_account_json),
-            },
-            ..BackendOptions::default()
-        };
+        let connections = o.connections as usize;
+        let options = crate::rpc::backend_options(o, spec.credentials.unwrap_or_default());
         Ok(RepoPlan {
             location: spec.location,
             password: spec.password.into_bytes(),
             options,
-            connections: o.connections as usize,
+            connections,
         })
     }
 
@@ -244,7 +224,7 @@ struct RepoPlan {
 
 impl RepoPlan {
     /// Opens the repository and loads its index.
-    async fn open(&self) -> Result<(Arc<Repository>, usize), OpError> {
+    async fn open(&self, job_id: &str) -> Result<(Arc<Repository>, usize), OpError> {
         let backend = Backend::open(&self.location, &self.options).map_err(RepoError::from)?;
         let default = if backend.is_local() {
             2
@@ -256,6 +236,7 @@ impl RepoPlan {
             n => n.min(jobs::MAX_CONNECTIONS),
         };
         let mut repo = Repository::open(backend, &self.password).await?;
+        repo.set_lock_tag(Some(job_id.to_string()));
         repo.load_index().await?;
         Ok((Arc::new(repo), connections))
     }
@@ -310,7 +291,7 @@ impl JobContext {
     async fn open(&self, plan: &RepoPlan) -> Result<(Arc<Repository>, usize), Status> {
         let opened = watch(&self.tx, &self.job, self.deadline, async {
             tokio::select! {
-                r = plan.open() => Some(r),
+                r = plan.open(&self.job_id) => Some(r),
                 () = self.job.cancel.cancelled() => None,
             }
         })
@@ -471,6 +452,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             job_memory_budget_bytes: jobs::memory_budget(self.workers, DEFAULT_CONNECTIONS),
             jobs_running: self.jobs.running(),
             jobs_queued: self.jobs.queued(),
+            running_jobs: self.jobs.running_ids(),
         }))
     }
 

@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod kube_stub;
+pub mod locks;
 pub mod model;
 pub mod nfs_move;
 pub mod runner;

@@ -119,12 +119,15 @@ impl Runner {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
+        let mut abandoned: HashMap<String, Vec<super::store::JobRow>> = HashMap::new();
         for job in runner.store.unfinished_jobs()? {
-            // Its call died with the previous coordinator, so the agent cancelled the job.
+            // Its call died with the previous coordinator, so a live agent cancelled the job;
+            // a dead agent left its lock, which the cleanup below removes.
             tracing::info!(job_id = %job.job_id, plan = %job.plan, "job abandoned by a restart");
             runner
                 .store
                 .job_ended(&job.job_id, "abandoned", ms_i64(now_ms()))?;
+            abandoned.entry(job.plan.clone()).or_default().push(job);
         }
         for row in runner.store.list_plans()? {
             let spec: PlanSpec =
@@ -153,6 +156,18 @@ impl Runner {
                 })
                 .collect();
             runner.commit(&row.name, &state, &events)?;
+            if let Some(jobs) = abandoned.remove(&row.name) {
+                let agents = Arc::clone(&runner.agents);
+                let (spec, secrets) = (spec.clone(), secrets.clone());
+                runner.tracker.spawn(async move {
+                    match super::locks::remove_dead_job_locks(&agents, &spec, &secrets, &jobs)
+                        .await
+                    {
+                        Ok(n) => tracing::info!(plan = %spec.name, removed = n, "dead jobs' locks checked"),
+                        Err(e) => tracing::warn!(plan = %spec.name, "check dead jobs' locks: {e}"),
+                    }
+                });
+            }
             runner.adopt(spec, secrets, state);
         }
         Ok(runner)

@@ -76,6 +76,7 @@ impl Repository {
             pid: std::process::id(),
             uid: host::uid(),
             gid: host::gid(),
+            ferry_job: self.lock_tag().map(str::to_string),
         };
         Ok(LockId(
             self.save_unpacked(FileType::Lock, &lock.to_json()).await?,

@@ -48,6 +48,7 @@ pub struct Repository {
     key_id: KeyId,
     config: Config,
     index: MasterIndex,
+    lock_tag: Option<String>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -85,6 +86,7 @@ impl Repository {
         let config = Config::new_v2();
         let key_id = write_key_file(&backend, &key, password, params).await?;
         let mut repo = Repository {
+            lock_tag: None,
             backend,
             key,
             key_id,
@@ -147,12 +149,23 @@ impl Repository {
             .map_err(|e| RepoError::corrupt("config", e))?;
         let config = Config::from_json(&plain).map_err(|e| RepoError::corrupt("config", e))?;
         Ok(Repository {
+            lock_tag: None,
             backend,
             key,
             key_id,
             config,
             index: MasterIndex::new(),
         })
+    }
+
+    /// Names the job whose locks this repository writes (`ferry_job` in the lock file).
+    pub fn set_lock_tag(&mut self, job: Option<String>) {
+        self.lock_tag = job;
+    }
+
+    /// The job named in this repository's locks, if any.
+    pub fn lock_tag(&self) -> Option<&str> {
+        self.lock_tag.as_deref()
     }
 
     /// The storage.
