@@ -9,6 +9,18 @@ pub mod pb {
     tonic::include_proto!("ferry.v1");
 }
 
+/// Makes ring rustls's process-wide crypto provider, unless one is installed already.
+///
+/// The dependency tree enables two providers (ring through tonic, aws-lc-rs through the object
+/// store's HTTP client), and rustls then refuses to choose one itself: every TLS server or
+/// client built without this would panic. Called by the servers and clients before any TLS.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing the race to another thread that installed one is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// The encoded file descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
 

@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// Directories under which requests may name local repositories. Empty (the default)
     /// refuses local repositories: a caller must not make the agent write anywhere it can.
     pub local_repositories: Vec<PathBuf>,
+    /// Volumes outside Kubernetes, named by the operator (`--volume NAME=PATH`): addressed as
+    /// a pod volume with an empty pod UID. For nodes without a kubelet and for the demo.
+    pub static_volumes: Vec<(String, PathBuf)>,
 }
 
 /// Who may call the agent.

@@ -40,6 +40,7 @@ pub async fn serve(
         reason: e.to_string(),
     })?;
     auth::check_config(&config.auth, addr)?;
+    rpc::install_crypto_provider();
     let kubelet = Kubelet::new(&config.kubelet_root)?;
     let jobs = Jobs::new(config.max_jobs, Arc::clone(&metrics));
     let service = AgentService::new(&config, kubelet, Arc::clone(&jobs), metrics);

@@ -50,6 +50,7 @@ pub struct AgentService {
     metrics: Arc<Metrics>,
     workers: usize,
     local_repositories: Vec<PathBuf>,
+    static_volumes: Vec<VolumeInfo>,
 }
 
 impl AgentService {
@@ -71,7 +72,31 @@ impl AgentService {
             .iter()
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
             .collect();
+        let static_volumes = config
+            .static_volumes
+            .iter()
+            .filter_map(|(name, path)| match std::fs::canonicalize(path) {
+                Ok(path) => Some(VolumeInfo {
+                    pod_uid: String::new(),
+                    volume_name: name.clone(),
+                    plugin: "static".into(),
+                    pv_name: String::new(),
+                    csi_driver: String::new(),
+                    mode: if path.is_dir() {
+                        VolumeMode::Filesystem
+                    } else {
+                        VolumeMode::Block
+                    },
+                    path,
+                }),
+                Err(e) => {
+                    tracing::warn!("static volume {name} at {}: {e}", path.display());
+                    None
+                }
+            })
+            .collect();
         AgentService {
+            static_volumes,
             node_name: config.node_name.clone(),
             cluster_name: config.cluster_name.clone(),
             kubelet: Arc::new(kubelet),
@@ -96,6 +121,26 @@ impl AgentService {
     /// Resolves a volume reference on a blocking thread (it touches the disk).
     async fn resolve(&self, r: Option<pb::VolumeRef>) -> Result<VolumeInfo, Status> {
         let r = volume_ref(r)?;
+        if let VolumeRef::Pod {
+            pod_uid,
+            volume_name,
+        } = &r
+            && pod_uid.is_empty()
+            && !self.static_volumes.is_empty()
+        {
+            // A name lookup, never a path join: only what the operator configured matches.
+            return self
+                .static_volumes
+                .iter()
+                .find(|v| &v.volume_name == volume_name)
+                .cloned()
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no static volume named {:?} on this node",
+                        volume_name.chars().take(64).collect::<String>()
+                    ))
+                });
+        }
         let kubelet = Arc::clone(&self.kubelet);
         tokio::task::spawn_blocking(move || kubelet.resolve(&r))
             .await
@@ -462,9 +507,13 @@ impl pb::agent_service_server::AgentService for AgentService {
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let r = request.into_inner();
         let kubelet = Arc::clone(&self.kubelet);
+        let statics = self.static_volumes.clone();
         let listed = tokio::task::spawn_blocking(move || {
             let pod = (!r.pod_uid.is_empty()).then_some(r.pod_uid.as_str());
-            let infos = kubelet.list(pod)?;
+            let mut infos = kubelet.list(pod)?;
+            if pod.is_none() {
+                infos.extend(statics);
+            }
             let mut out = Vec::with_capacity(infos.len());
             for info in infos {
                 let bytes_used = if r.with_usage {

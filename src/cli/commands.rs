@@ -37,6 +37,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<u8> {
             command: super::CoordinatorCommand::Serve(args),
         } => super::coordinator::serve(args).await,
         Command::Plan(args) => super::coordinator::plan(args, cli.json).await,
+        Command::Demo(args) => super::demo::run(args).await,
         Command::Snapshots => snapshots(cli).await,
         Command::Ls { snapshot } => ls(cli, snapshot).await,
         Command::Check { read_data } => check(cli, *read_data).await,

@@ -492,7 +492,7 @@ async fn watch(
     })
 }
 
-fn print_event(e: &pb::PlanEvent, json: bool) {
+pub(super) fn print_event(e: &pb::PlanEvent, json: bool) {
     if json {
         println!(
             "{}",

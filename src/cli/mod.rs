@@ -7,6 +7,7 @@
 
 mod commands;
 mod coordinator;
+mod demo;
 mod output;
 mod password;
 mod serve;
@@ -105,6 +106,9 @@ pub enum Command {
     },
     /// Create, run and watch migration plans on a coordinator.
     Plan(PlanArgs),
+    /// Migrate SRC into DST through a local repository, a coordinator and two agents on
+    /// loopback: stage, final and verify, as on two clusters.
+    Demo(DemoArgs),
     /// List snapshots.
     Snapshots,
     /// List the entries of a snapshot.
@@ -197,6 +201,9 @@ pub struct ServeArgs {
     /// A directory under which requests may name local repositories (repeatable).
     #[arg(long)]
     pub allow_local_repository: Vec<PathBuf>,
+    /// A volume outside Kubernetes, NAME=PATH, addressed with an empty pod UID (repeatable).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
 }
 
 /// `ferry agent snapshot`.
@@ -255,6 +262,18 @@ pub struct VerifyArgs {
     /// Leave extended attributes matching this pattern out (repeatable).
     #[arg(long)]
     pub exclude_xattr: Vec<String>,
+}
+
+/// `ferry demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// The directory tree to migrate.
+    pub source: PathBuf,
+    /// Where it should end up (created if missing; made an exact mirror).
+    pub dest: PathBuf,
+    /// Where the repository, the coordinator's database and the agents' state live.
+    #[arg(long, default_value = "/tmp/ferry-demo")]
+    pub workdir: PathBuf,
 }
 
 /// Coordinator commands.
@@ -415,6 +434,7 @@ pub enum KeyCommand {
 /// Parses arguments, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::rpc::install_crypto_provider();
     match &cli.command {
         // A daemon logs JSON at info level, with each job's id, as pods are expected to.
         Command::Agent {

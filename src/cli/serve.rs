@@ -48,6 +48,15 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         job_workers: args.job_workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         local_repositories: args.allow_local_repository.clone(),
+        static_volumes: args
+            .volumes
+            .iter()
+            .map(|v| {
+                v.split_once('=')
+                    .map(|(n, p)| (n.to_string(), std::path::PathBuf::from(p)))
+                    .with_context(|| format!("--volume {v:?}: expected NAME=PATH"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     // Refuse an unsafe configuration before binding anything.
     agent::auth::check_config(&config.auth, args.listen)?;

@@ -140,6 +140,7 @@ impl Agents {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<AgentClient, String> {
+        crate::rpc::install_crypto_provider();
         let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)

@@ -82,6 +82,7 @@ pub async fn serve(
         reason: e.to_string(),
     })?;
     auth::check_config(&config.auth, addr)?;
+    rpc::install_crypto_provider();
     let store = Arc::new(store::Store::open(&config.database, config.sealing_key)?);
     let agents = Arc::new(agents::Agents::new(config.agents, config.agent_auth));
     let runner = runner::Runner::start(store, Arc::clone(&agents))?;

@@ -416,22 +416,12 @@ fn validate_spec(spec: &VolumeSpec) -> Result<(), ModelError> {
                 (
                     "source",
                     &spec.source,
-                    [
-                        "source.cluster",
-                        "source.node",
-                        "source.pod_uid",
-                        "source.volume_name",
-                    ],
+                    ["source.cluster", "source.node", "source.volume_name"],
                 ),
                 (
                     "destination",
                     &spec.dest,
-                    [
-                        "dest.cluster",
-                        "dest.node",
-                        "dest.pod_uid",
-                        "dest.volume_name",
-                    ],
+                    ["dest.cluster", "dest.node", "dest.volume_name"],
                 ),
             ];
             for (side, endpoint, fields) in sides {
@@ -441,12 +431,8 @@ fn validate_spec(spec: &VolumeSpec) -> Result<(), ModelError> {
                         side,
                     });
                 };
-                let values = [
-                    &endpoint.cluster,
-                    &endpoint.node,
-                    &endpoint.pod_uid,
-                    &endpoint.volume_name,
-                ];
+                // An empty pod UID names a static volume of the agent (outside Kubernetes).
+                let values = [&endpoint.cluster, &endpoint.node, &endpoint.volume_name];
                 if let Some((field, _)) = fields.iter().zip(values).find(|(_, v)| v.is_empty()) {
                     return Err(empty(field));
                 }

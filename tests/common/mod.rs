@@ -12,6 +12,7 @@
 // Each test crate compiles this module separately and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod fault_proxy;
 pub mod s3;
 
