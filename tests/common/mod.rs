@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cluster;
 pub mod fault_proxy;
 pub mod s3;
 
