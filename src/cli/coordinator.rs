@@ -13,7 +13,6 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{CoordinatorServeArgs, EXIT_ERROR, EXIT_OK, PlanArgs, PlanCommand};
-use crate::agent::{AuthConfig, TlsConfig};
 use crate::coordinator::{self, CoordinatorConfig, agents::ClientAuth, secrets::SealingKey};
 use crate::rpc::pb;
 use crate::rpc::pb::coordinator_service_client::CoordinatorServiceClient;
@@ -41,21 +40,6 @@ pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("restrict the sealing key {}", args.key_file.display()))?;
     }
     let sealing_key = SealingKey::from_file(&args.key_file)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(TlsConfig {
-            cert_pem: read(c, "TLS certificate")?,
-            key_pem: read(k, "TLS key")?,
-            client_ca_pem: match &args.tls_client_ca {
-                Some(ca) => Some(read(ca, "client CA")?),
-                None => None,
-            },
-        }),
-        _ => None,
-    };
-    let token = match &args.token_file {
-        Some(p) => Some(read_text(p, "token file")?),
-        None => None,
-    };
     let mut agents = Vec::new();
     for a in &args.agents {
         let (key, endpoint) = a
@@ -92,11 +76,7 @@ pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
     let config = CoordinatorConfig {
         database: args.database.clone(),
         sealing_key,
-        auth: AuthConfig {
-            tls,
-            token,
-            insecure: args.insecure,
-        },
+        auth: args.auth.load()?,
         agents,
         agent_auth,
     };

@@ -156,6 +156,61 @@ pub enum AgentCommand {
     Serve(Box<ServeArgs>),
 }
 
+/// How a server (agent or coordinator) authenticates its callers.
+#[derive(clap::Args, Debug)]
+pub struct ServerAuthArgs {
+    /// PEM certificate chain of this server.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this server.
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: mutual TLS, certificates required.
+    #[arg(long, env = "FERRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding the bearer token every call must carry.
+    #[arg(long, env = "FERRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve without authentication (on a loopback address only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ServerAuthArgs {
+    /// Reads the certificate, key, CA and token files.
+    pub fn load(&self) -> anyhow::Result<crate::agent::AuthConfig> {
+        use anyhow::Context;
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::agent::TlsConfig {
+                cert_pem: read(cert, "TLS certificate")?,
+                key_pem: read(key, "TLS key")?,
+                client_ca_pem: match &self.tls_client_ca {
+                    Some(ca) => Some(read(ca, "client CA")?),
+                    None => None,
+                },
+            }),
+            _ => None,
+        };
+        let token = match &self.token_file {
+            Some(p) => Some(
+                String::from_utf8(read(p, "token file")?)
+                    .with_context(|| format!("token file {} is not UTF-8", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(crate::agent::AuthConfig {
+            tls,
+            token,
+            insecure: self.insecure,
+        })
+    }
+}
+
 /// `ferry agent serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -174,21 +229,9 @@ pub struct ServeArgs {
     /// This cluster's name, reported to callers.
     #[arg(long, env = "CLUSTER_NAME", default_value = "")]
     pub cluster_name: String,
-    /// PEM certificate chain of the agent.
-    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the agent.
-    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA certificates that sign client certificates: mutual TLS, certificates required.
-    #[arg(long, env = "FERRY_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// File holding the bearer token every call must carry.
-    #[arg(long, env = "FERRY_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Serve without authentication (on a loopback address only).
-    #[arg(long)]
-    pub insecure: bool,
+    /// Who may call.
+    #[command(flatten)]
+    pub auth: ServerAuthArgs,
     /// Jobs running at once on this node; later ones wait in order.
     #[arg(long, env = "FERRY_MAX_JOBS", default_value_t = 2)]
     pub max_jobs: usize,
@@ -320,21 +363,9 @@ pub struct CoordinatorServeArgs {
     /// Name to expect in the agents' certificates.
     #[arg(long)]
     pub agent_tls_domain: Option<String>,
-    /// PEM certificate chain of the coordinator.
-    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the coordinator.
-    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA of client certificates: mutual TLS, certificates required.
-    #[arg(long, env = "FERRY_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// File holding the bearer token callers must send.
-    #[arg(long, env = "FERRY_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Serve without authentication (on a loopback address only).
-    #[arg(long)]
-    pub insecure: bool,
+    /// Who may call.
+    #[command(flatten)]
+    pub auth: ServerAuthArgs,
 }
 
 /// `ferry plan`.

@@ -8,42 +8,15 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_OK, ServeArgs};
-use crate::agent::{self, AgentConfig, AuthConfig, TlsConfig, metrics};
+use crate::agent::{self, AgentConfig, metrics};
 
 /// Runs the agent; returns when it has stopped and every job has released its lock.
 pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
-    let read = |p: &std::path::Path, what: &str| {
-        std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
-    };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsConfig {
-            cert_pem: read(cert, "TLS certificate")?,
-            key_pem: read(key, "TLS key")?,
-            client_ca_pem: match &args.tls_client_ca {
-                Some(ca) => Some(read(ca, "client CA")?),
-                None => None,
-            },
-        }),
-        _ => None,
-    };
-    let token = match &args.token_file {
-        Some(p) => Some(
-            String::from_utf8(read(p, "token file")?)
-                .with_context(|| format!("token file {} is not UTF-8", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
     let config = AgentConfig {
         node_name: args.node_name.clone().unwrap_or_else(crate::host::hostname),
         cluster_name: args.cluster_name.clone(),
         kubelet_root: args.kubelet_root.clone(),
-        auth: AuthConfig {
-            tls,
-            token,
-            insecure: args.insecure,
-        },
+        auth: args.auth.load()?,
         max_jobs: args.max_jobs.max(1),
         job_workers: args.job_workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
