@@ -405,16 +405,23 @@ pub async fn plan(args: &PlanArgs, json: bool) -> anyhow::Result<u8> {
             show(&plan);
             Ok(EXIT_OK)
         }
-        PlanCommand::Delete { name } => {
-            client
+        PlanCommand::Delete {
+            name,
+            forget_snapshots,
+        } => {
+            let r = client
                 .delete_plan(pb::DeletePlanRequest {
                     name: name.clone(),
-                    forget_snapshots: false,
+                    forget_snapshots: *forget_snapshots,
                 })
                 .await
-                .map_err(status)?;
+                .map_err(status)?
+                .into_inner();
             if !json {
-                println!("plan {name} deleted");
+                println!(
+                    "plan {name} deleted, {} snapshots forgotten",
+                    r.snapshots_forgotten
+                );
             }
             Ok(EXIT_OK)
         }

@@ -441,6 +441,10 @@ pub enum PlanCommand {
     Delete {
         /// The plan's name.
         name: String,
+        /// Also forget its snapshots (tag plan=NAME) in the repository; data stays until a
+        /// prune.
+        #[arg(long)]
+        forget_snapshots: bool,
     },
 }
 

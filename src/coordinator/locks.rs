@@ -1,4 +1,5 @@
-//! Removing the repository locks of agent jobs that died.
+//! The coordinator's own repository work: removing the locks of agent jobs that died, and
+//! forgetting a deleted plan's snapshots.
 //!
 //! An agent names the job in every lock it writes (`ferry_job`). A job whose call was cut
 //! (the coordinator restarted) is cancelled by its agent, which releases the lock; but when the
@@ -17,6 +18,49 @@ use crate::backend::{Backend, FileType};
 use crate::repository::Repository;
 use crate::rpc::{self, pb};
 
+/// Opens the plan's repository with the plan's secrets.
+async fn open_repository(plan: &PlanSpec, secrets: &PlanSecrets) -> Result<Repository, String> {
+    let spec = spec::repository_spec(plan, secrets);
+    let options = rpc::backend_options(
+        spec.options.clone().unwrap_or_default(),
+        spec.credentials.clone().unwrap_or_default(),
+    );
+    let backend = Backend::open(&spec.location, &options)
+        .map_err(|e| format!("open repository {}: {e}", spec.location))?;
+    Repository::open(backend, spec.password.as_bytes())
+        .await
+        .map_err(|e| format!("open repository {}: {e}", spec.location))
+}
+
+/// Forgets the snapshots tagged `plan=<name>` (as `restic forget --tag plan=<name>`: the
+/// snapshot files go, the data stays until a prune), under an exclusive lock; returns how many.
+pub async fn forget_plan_snapshots(plan: &PlanSpec, secrets: &PlanSecrets) -> Result<u32, String> {
+    let repo = std::sync::Arc::new(open_repository(plan, secrets).await?);
+    let lock = repo
+        .lock(true)
+        .await
+        .map_err(|e| format!("lock repository {}: {e}", plan.repository_location))?;
+    let tag = format!("plan={}", plan.name);
+    let result = async {
+        let mut forgotten = 0;
+        for (id, snap) in repo.list_snapshots().await.map_err(|e| e.to_string())? {
+            if snap.tags.contains(&tag) {
+                repo.backend()
+                    .remove(FileType::Snapshot, &id.0)
+                    .await
+                    .map_err(|e| format!("remove snapshot {}: {e}", id.short()))?;
+                forgotten += 1;
+            }
+        }
+        Ok::<u32, String>(forgotten)
+    }
+    .await;
+    let released = lock.release().await;
+    let n = result?;
+    released.map_err(|e| format!("release the lock: {e}"))?;
+    Ok(n)
+}
+
 /// Removes the locks of `jobs` (abandoned by a restart) from the plan's repository; returns
 /// how many were removed.
 pub async fn remove_dead_job_locks(
@@ -30,15 +74,7 @@ pub async fn remove_dead_job_locks(
     }
     let by_id: HashMap<&str, &JobRow> = jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
     let spec = spec::repository_spec(plan, secrets);
-    let options = rpc::backend_options(
-        spec.options.clone().unwrap_or_default(),
-        spec.credentials.clone().unwrap_or_default(),
-    );
-    let backend = Backend::open(&spec.location, &options)
-        .map_err(|e| format!("open repository {}: {e}", spec.location))?;
-    let repo = Repository::open(backend, spec.password.as_bytes())
-        .await
-        .map_err(|e| format!("open repository {}: {e}", spec.location))?;
+    let repo = open_repository(plan, secrets).await?;
     let mut removed = 0;
     let mut running: HashMap<String, Option<Vec<String>>> = HashMap::new();
     let locks = repo
@@ -90,4 +126,63 @@ async fn ask_running(agents: &Agents, agent: &str) -> Option<Vec<String>> {
     let mut client = agents.client(cluster, node).await.ok()?;
     let info = client.get_info(pb::GetInfoRequest {}).await.ok()?;
     Some(info.into_inner().running_jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::secrets::Secret;
+    use crate::coordinator::spec::StoreSettings;
+    use crate::keyfile::KdfParams;
+    use crate::snapshot::Snapshot;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgetting_a_plan_removes_only_its_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("repo").display().to_string();
+        let backend = Backend::open(&location, &Default::default()).unwrap();
+        let repo = Repository::init(backend, b"pw", KdfParams::default())
+            .await
+            .unwrap();
+        let snap = |tags: &[&str]| Snapshot {
+            time: "2026-11-27T10:00:00Z".into(),
+            parent: None,
+            tree: crate::id::TreeId(crate::id::Id::hash(b"t")),
+            paths: vec!["/app/data".into()],
+            hostname: "ferry".into(),
+            username: "root".into(),
+            uid: 0,
+            gid: 0,
+            excludes: Vec::new(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            original: None,
+            program_version: String::new(),
+            summary: None,
+        };
+        repo.save_snapshot(&snap(&["plan=p1", "phase=stage"]))
+            .await
+            .unwrap();
+        repo.save_snapshot(&snap(&["plan=p1", "phase=final"]))
+            .await
+            .unwrap();
+        repo.save_snapshot(&snap(&["plan=p2"])).await.unwrap();
+        let plan = PlanSpec {
+            name: "p1".into(),
+            source_cluster: "a".into(),
+            dest_cluster: "b".into(),
+            source_kubeconfig: false,
+            dest_kubeconfig: false,
+            repository_location: location.clone(),
+            store: StoreSettings::default(),
+        };
+        let secrets = PlanSecrets {
+            repository_password: Secret::new("pw"),
+            ..PlanSecrets::default()
+        };
+        assert_eq!(forget_plan_snapshots(&plan, &secrets).await.unwrap(), 2);
+        let left = repo.list_snapshots().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.tags, vec!["plan=p2".to_string()]);
+        assert!(repo.list_locks(None).await.unwrap().is_empty());
+    }
 }

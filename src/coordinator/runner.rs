@@ -71,6 +71,11 @@ pub struct PlanRun {
 }
 
 impl PlanRun {
+    /// The plan's secrets (for the coordinator's own repository work).
+    pub fn secrets(&self) -> &PlanSecrets {
+        &self.secrets
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> PlanState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()

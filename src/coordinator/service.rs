@@ -227,15 +227,21 @@ impl pb::coordinator_service_server::CoordinatorService for CoordinatorService {
         request: Request<pb::DeletePlanRequest>,
     ) -> Result<Response<pb::DeletePlanResponse>, Status> {
         let r = request.into_inner();
-        if r.forget_snapshots {
-            return Err(Status::unimplemented(
-                "forgetting a plan's snapshots is not built yet; \
-                 remove them with `restic forget --tag plan=<name>`",
-            ));
-        }
-        self.runner.delete(&r.name)?;
+        let run = self.runner.delete(&r.name)?;
+        let snapshots_forgotten = if r.forget_snapshots {
+            super::locks::forget_plan_snapshots(&run.spec, run.secrets())
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "plan {} deleted, but its snapshots were not forgotten: {e}",
+                        r.name
+                    ))
+                })?
+        } else {
+            0
+        };
         Ok(Response::new(pb::DeletePlanResponse {
-            snapshots_forgotten: 0,
+            snapshots_forgotten,
         }))
     }
 
