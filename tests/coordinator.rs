@@ -942,3 +942,203 @@ fn database_holds_no_plaintext_secret() {
     assert_no_secret("the coordinator's stderr", log.as_bytes());
     drop((source, dest));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The deployed shape: mutual TLS everywhere, agents that register themselves, probe ports
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `pem` to `<dir>/<name>` and returns the path as text, for a flag or variable.
+fn pem_file(dir: &Path, name: &str, pem: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.to_string_lossy().into_owned()
+}
+
+/// `grpc.health.v1.Health/Check` for `service` on the plaintext port `addr`.
+fn health_status(addr: &str, service: &str) -> Result<i32, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("health address {addr}: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("connect to the health port {addr}: {e}"))?;
+        let mut client = HealthClient::new(channel);
+        let response = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map_err(|s| format!("check {service:?} on {addr}: {s:?}"))?;
+        Ok(response.into_inner().status)
+    })
+}
+
+/// `SERVING` in `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+const SERVING: i32 = 1;
+
+#[test]
+fn agents_register_themselves_over_mutual_tls_and_serve_a_plan() {
+    use common::agent::TestCa;
+    use common::cluster::{Daemon, ferry_command};
+
+    let sb = Sandbox::new();
+    sb.init_with_ferry();
+    let (src, dst) = two_nodes(&sb);
+    let pki = sb.dir("pki");
+    let ca = TestCa::new("ferry test CA");
+    let ca_file = pem_file(&pki, "ca.crt", &ca.cert_pem);
+    // Servers: CN ferry-agent, SANs localhost and 127.0.0.1. Each role its own client cert.
+    let server = ca.server_cert();
+    let server_crt = pem_file(&pki, "server.crt", &server.cert_pem);
+    let server_key = pem_file(&pki, "server.key", &server.key_pem);
+    let cert_pair = |name: &str| {
+        let c = ca.client_cert(name);
+        (
+            pem_file(&pki, &format!("{name}.crt"), &c.cert_pem),
+            pem_file(&pki, &format!("{name}.key"), &c.key_pem),
+        )
+    };
+    let (coord_crt, coord_key) = cert_pair("coordinator");
+    let (agent_crt, agent_key) = cert_pair("agent");
+    let (op_crt, op_key) = cert_pair("operator");
+
+    // The coordinator knows no agent: they must register.
+    let coordinator = Coordinator::start(
+        &sb.root().join("coordinator"),
+        &[],
+        &[
+            ("FERRY_TLS_CERT", &server_crt),
+            ("FERRY_TLS_KEY", &server_key),
+            ("FERRY_TLS_CLIENT_CA", &ca_file),
+            ("FERRY_AGENT_CA", &ca_file),
+            ("FERRY_AGENT_CERT", &coord_crt),
+            ("FERRY_AGENT_KEY", &coord_key),
+            // Agents are called at 127.0.0.1 but checked against a name, as in a cluster.
+            ("FERRY_AGENT_TLS_DOMAIN", "localhost"),
+            ("FERRY_HEALTH_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let coordinator_url = format!("https://{}", coordinator.daemon.grpc_addr());
+    let operator_env = [
+        ("FERRY_COORDINATOR", coordinator_url.as_str()),
+        ("FERRY_COORDINATOR_CA", ca_file.as_str()),
+        ("FERRY_COORDINATOR_CERT", op_crt.as_str()),
+        ("FERRY_COORDINATOR_KEY", op_key.as_str()),
+    ];
+    let operator = |args: &[&str]| {
+        let run = coordinator.plan_with_env(args, &operator_env);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "ferry plan {args:?}: {}\n{}",
+            run.stderr,
+            coordinator.all_logs()
+        );
+        run
+    };
+
+    let logs = sb.dir("logs");
+    let start = |node: &Node| {
+        let port = free_port();
+        let mut cmd = ferry_command(["agent", "serve", "--metrics-listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--health-listen", "127.0.0.1:0"])
+            .args(["--node-name", &node.name, "--cluster-name", &node.cluster])
+            .arg("--kubelet-root")
+            .arg(&node.kubelet)
+            .arg("--allow-local-repository")
+            .arg(&sb.repo)
+            .args(["--tls-cert", &server_crt, "--tls-key", &server_key])
+            .args(["--tls-client-ca", &ca_file])
+            .args(["--shutdown-grace", "2"])
+            .env("FERRY_REGISTER_WITH", &coordinator_url)
+            .env("FERRY_ADVERTISE", format!("https://127.0.0.1:{port}"))
+            .env("FERRY_COORDINATOR_CA", &ca_file)
+            .env("FERRY_COORDINATOR_CERT", &agent_crt)
+            .env("FERRY_COORDINATOR_KEY", &agent_key);
+        let log = logs.join(format!("agent-{}.log", node.name));
+        (Daemon::spawn(cmd, log), port)
+    };
+    let (src_agent, src_port) = start(&src);
+    let (dst_agent, dst_port) = start(&dst);
+
+    // Both agents appear, at the addresses they advertise.
+    let want = BTreeSet::from([
+        ("src/n1".to_owned(), format!("https://127.0.0.1:{src_port}")),
+        ("dst/n2".to_owned(), format!("https://127.0.0.1:{dst_port}")),
+    ]);
+    common::cluster::wait_until("both agents registered", HANG_BOUND, || {
+        let listed = operator(&["agents", "--json"]);
+        let got: BTreeSet<(String, String)> = listed
+            .json_lines()
+            .iter()
+            .filter(|a| a["message_type"] == "agent" && a["last_seen_ms"].as_i64() > Some(0))
+            .map(|a| {
+                (
+                    format!("{}/{}", text(a, "cluster"), text(a, "node")),
+                    text(a, "endpoint").to_owned(),
+                )
+            })
+            .collect();
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("listed {got:?}"))
+        }
+    });
+
+    // The probe ports answer without credentials, and say only whether each serves.
+    for (daemon, service) in [
+        (&src_agent, "ferry.v1.AgentService"),
+        (&dst_agent, "ferry.v1.AgentService"),
+        (&coordinator.daemon, "ferry.v1.CoordinatorService"),
+    ] {
+        let addr = text(&daemon.listening, "health").to_owned();
+        assert_eq!(health_status(&addr, ""), Ok(SERVING));
+        assert_eq!(health_status(&addr, service), Ok(SERVING), "{service}");
+    }
+
+    // An operator without a client certificate is turned away.
+    let refused = coordinator.plan_with_env(
+        &["list"],
+        &[
+            ("FERRY_COORDINATOR", coordinator_url.as_str()),
+            ("FERRY_COORDINATOR_CA", ca_file.as_str()),
+        ],
+    );
+    assert_ne!(refused.code, Some(0), "listed plans without a client cert");
+
+    // A plan runs on the registered agents alone.
+    let s = src.csi_volume(POD_SRC, "pv-reg");
+    write_volume_tree(&s, 21, 1 << 20);
+    let d = dst.csi_volume(POD_DST, "pv-reg");
+    let name = "registered";
+    let file = local_plan(
+        &sb,
+        name,
+        vec![copy_volume(
+            "pv-reg",
+            "data",
+            src.mount(POD_SRC, "pv-reg"),
+            dst.mount(POD_DST, "pv-reg"),
+        )],
+    );
+    operator(&["create", "-f", &file.to_string_lossy()]);
+    operator(&["stage", name, "--wait"]);
+    change_volume_tree(&s, 22);
+    operator(&["final", name, "--wait"]);
+    assert_trees_equal(&s, &d, &CompareOptions::exact());
+    let plan = operator(&["get", name, "--json"])
+        .json_lines()
+        .into_iter()
+        .find(|v| v["message_type"] == "plan")
+        .expect("plan get --json prints the plan");
+    assert_completed_and_verified(&plan, &["pv-reg"]);
+    sb.restic(["check", "--read-data"]).ok();
+}

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod jobs;
 pub mod metrics;
+pub mod register;
 pub mod server;
 pub mod service;
 pub mod volumes;
@@ -18,7 +19,7 @@ pub mod volumes;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use server::serve;
+pub use server::{serve, serve_with_health};
 
 /// How an agent runs.
 #[derive(Clone, Debug)]

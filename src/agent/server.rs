@@ -35,6 +35,18 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    serve_with_health(listener, None, config, metrics, shutdown).await
+}
+
+/// [`serve`], plus the plaintext health-only port for kubelet probes on `health_listener`
+/// (see [`rpc::health`]), which stops when the agent has stopped.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    config: AgentConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let addr = listener.local_addr().map_err(|e| AgentError::Serve {
         addr: "the listener".into(),
         reason: e.to_string(),
@@ -49,20 +61,20 @@ pub async fn serve(
         reason,
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = rpc::health::health_service();
     health
         .set_serving::<pb::agent_service_server::AgentServiceServer<AgentService>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rpc::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| serve_err(format!("build reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rpc::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| serve_err(format!("build reflection: {e}")))?;
+    let (reflection_v1, reflection_v1alpha) =
+        rpc::health::reflection_services().map_err(serve_err)?;
+    let health_stop = tokio_util::sync::CancellationToken::new();
+    let health_task = health_listener.map(|l| {
+        tokio::spawn(rpc::health::serve_health_only(
+            l,
+            health.clone(),
+            health_stop.clone().cancelled_owned(),
+        ))
+    });
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.auth.tls {
@@ -108,6 +120,14 @@ pub async fn serve(
     // ended the server.
     if !drained.is_cancelled() {
         jobs.drain(grace).await;
+    }
+    health_stop.cancel();
+    if let Some(task) = health_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("health port task: {e}"),
+            Ok(Ok(())) => {}
+        }
     }
     tracing::info!("agent stopped");
     result

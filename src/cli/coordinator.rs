@@ -6,7 +6,6 @@
 //! makes the exit code say how it went.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -85,17 +84,24 @@ pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("bind the gRPC address {}", args.listen))?;
     let addr = listener.local_addr().context("gRPC listener address")?;
-    println!(
-        "{}",
-        serde_json::json!({"message_type": "listening", "grpc": addr.to_string()})
-    );
+    let health_listener = super::serve::bind_health(args.health_listen).await?;
+    let mut listening = serde_json::json!({"message_type": "listening", "grpc": addr.to_string()});
+    if let Some(h) = &health_listener {
+        listening["health"] = h
+            .local_addr()
+            .context("health listener address")?
+            .to_string()
+            .into();
+    }
+    println!("{listening}");
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         super::serve::wait_for_signal().await;
         signal_stop.cancel();
     });
-    coordinator::serve(listener, config, stop.cancelled_owned()).await?;
+    coordinator::serve_with_health(listener, health_listener, config, stop.cancelled_owned())
+        .await?;
     Ok(EXIT_OK)
 }
 
@@ -287,42 +293,16 @@ fn plan_request(path: &Path) -> anyhow::Result<pb::CreatePlanRequest> {
 type Client = CoordinatorServiceClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
-        crate::coordinator::agents::BearerToken,
+        crate::rpc::client::BearerToken,
     >,
 >;
 
 async fn connect(args: &PlanArgs) -> anyhow::Result<Client> {
-    let mut ep = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
-        .with_context(|| format!("coordinator address {}", args.coordinator))?
-        .connect_timeout(Duration::from_secs(10));
-    if let Some(ca) = &args.coordinator_ca {
-        let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
-            tonic::transport::Certificate::from_pem(read(ca, "coordinator CA")?),
-        );
-        if let (Some(c), Some(k)) = (&args.coordinator_cert, &args.coordinator_key) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                read(c, "client certificate")?,
-                read(k, "client key")?,
-            ));
-        }
-        ep = ep.tls_config(tls).context("coordinator TLS settings")?;
-    }
-    let channel = ep
-        .connect()
+    let auth = args.auth.load()?;
+    let (channel, token) = crate::rpc::client::connect(&args.coordinator, &auth)
         .await
-        .with_context(|| format!("connect to the coordinator at {}", args.coordinator))?;
-    let token = match &args.coordinator_token_file {
-        Some(p) => Some(
-            format!("Bearer {}", read_text(p, "coordinator token file")?)
-                .parse()
-                .context("the coordinator token is not valid header text")?,
-        ),
-        None => None,
-    };
-    Ok(CoordinatorServiceClient::with_interceptor(
-        channel,
-        crate::coordinator::agents::BearerToken::new(token),
-    ))
+        .map_err(|e| anyhow::anyhow!("connect to the coordinator at {}: {e}", args.coordinator))?;
+    Ok(CoordinatorServiceClient::with_interceptor(channel, token))
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
@@ -351,6 +331,17 @@ pub async fn plan(args: &PlanArgs, json: bool) -> anyhow::Result<u8> {
                 .map_err(status)?
                 .into_inner();
             show(&plan);
+            Ok(EXIT_OK)
+        }
+        PlanCommand::Agents => {
+            let agents = client
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            for a in &agents.agents {
+                print_agent(a, json);
+            }
             Ok(EXIT_OK)
         }
         PlanCommand::List => {
@@ -511,6 +502,31 @@ pub(super) fn print_event(e: &pb::PlanEvent, json: bool) {
         line.push_str(&e.message);
     }
     println!("{line}");
+}
+
+fn print_agent(a: &pb::AgentEndpoint, json: bool) {
+    let seen = if a.last_seen_ms == 0 {
+        "configured".to_string()
+    } else {
+        let ago = u64::try_from(a.last_seen_ms)
+            .map(|ms| crate::coordinator::runner::now_ms().saturating_sub(ms) / 1000)
+            .unwrap_or(0);
+        format!("registered {ago} s ago")
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "message_type": "agent",
+                "cluster": a.cluster,
+                "node": a.node,
+                "endpoint": a.endpoint,
+                "last_seen_ms": a.last_seen_ms,
+            })
+        );
+    } else {
+        println!("{}/{}\t{}\t{seen}", a.cluster, a.node, a.endpoint);
+    }
 }
 
 fn print_plan(p: &pb::Plan, json: bool) {

@@ -211,6 +211,55 @@ impl ServerAuthArgs {
     }
 }
 
+/// How a client (`ferry plan`, or an agent registering) authenticates to the coordinator.
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorClientArgs {
+    /// File holding the coordinator's bearer token.
+    #[arg(long, env = "FERRY_COORDINATOR_TOKEN_FILE")]
+    pub coordinator_token_file: Option<PathBuf>,
+    /// PEM CA of the coordinator's certificate (TLS).
+    #[arg(long, env = "FERRY_COORDINATOR_CA")]
+    pub coordinator_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with the coordinator.
+    #[arg(long, env = "FERRY_COORDINATOR_CERT", requires = "coordinator_key")]
+    pub coordinator_cert: Option<PathBuf>,
+    /// PEM key of that certificate.
+    #[arg(long, env = "FERRY_COORDINATOR_KEY", requires = "coordinator_cert")]
+    pub coordinator_key: Option<PathBuf>,
+}
+
+impl CoordinatorClientArgs {
+    /// Reads the CA, certificate, key and token files.
+    pub fn load(&self) -> anyhow::Result<crate::rpc::client::ClientAuth> {
+        use anyhow::Context;
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
+        };
+        Ok(crate::rpc::client::ClientAuth {
+            ca_pem: match &self.coordinator_ca {
+                Some(p) => Some(read(p, "coordinator CA")?),
+                None => None,
+            },
+            identity: match (&self.coordinator_cert, &self.coordinator_key) {
+                (Some(c), Some(k)) => {
+                    Some((read(c, "client certificate")?, read(k, "client key")?))
+                }
+                _ => None,
+            },
+            token: match &self.coordinator_token_file {
+                Some(p) => Some(
+                    String::from_utf8(read(p, "coordinator token file")?)
+                        .with_context(|| format!("token file {} is not UTF-8", p.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
+            tls_domain: None,
+        })
+    }
+}
+
 /// `ferry agent serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -220,6 +269,9 @@ pub struct ServeArgs {
     /// Address of the Prometheus /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: std::net::SocketAddr,
+    /// Address of a plaintext port serving only the gRPC health service, for kubelet probes.
+    #[arg(long, env = "FERRY_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Where the node's kubelet directory is mounted.
     #[arg(long, env = "FERRY_KUBELET_ROOT", default_value = "/var/lib/kubelet")]
     pub kubelet_root: PathBuf,
@@ -247,6 +299,15 @@ pub struct ServeArgs {
     /// A volume outside Kubernetes, NAME=PATH, addressed with an empty pod UID (repeatable).
     #[arg(long = "volume")]
     pub volumes: Vec<String>,
+    /// Register with the coordinator at this URL, and keep the registration fresh.
+    #[arg(long, env = "FERRY_REGISTER_WITH", requires = "advertise")]
+    pub register_with: Option<String>,
+    /// The URL the coordinator should call this agent at, e.g. https://NODE_IP:8443.
+    #[arg(long, env = "FERRY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Credentials towards the coordinator, for registering.
+    #[command(flatten)]
+    pub coordinator: CoordinatorClientArgs,
 }
 
 /// `ferry agent snapshot`.
@@ -360,9 +421,12 @@ pub struct CoordinatorServeArgs {
     /// The agents' bearer token.
     #[arg(long, env = "FERRY_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
-    /// Name to expect in the agents' certificates.
-    #[arg(long)]
+    /// Name to expect in the agents' certificates instead of the host of their URLs.
+    #[arg(long, env = "FERRY_AGENT_TLS_DOMAIN")]
     pub agent_tls_domain: Option<String>,
+    /// Address of a plaintext port serving only the gRPC health service, for kubelet probes.
+    #[arg(long, env = "FERRY_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Who may call.
     #[command(flatten)]
     pub auth: ServerAuthArgs,
@@ -378,18 +442,9 @@ pub struct PlanArgs {
         default_value = "http://127.0.0.1:8444"
     )]
     pub coordinator: String,
-    /// File holding the coordinator's bearer token.
-    #[arg(long, env = "FERRY_COORDINATOR_TOKEN_FILE")]
-    pub coordinator_token_file: Option<PathBuf>,
-    /// PEM CA of the coordinator's certificate (TLS).
-    #[arg(long, env = "FERRY_COORDINATOR_CA")]
-    pub coordinator_ca: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS.
-    #[arg(long, requires = "coordinator_key")]
-    pub coordinator_cert: Option<PathBuf>,
-    /// PEM key of that certificate.
-    #[arg(long, requires = "coordinator_cert")]
-    pub coordinator_key: Option<PathBuf>,
+    /// Credentials towards the coordinator.
+    #[command(flatten)]
+    pub auth: CoordinatorClientArgs,
     /// The plan command.
     #[command(subcommand)]
     pub command: PlanCommand,
@@ -411,6 +466,8 @@ pub enum PlanCommand {
     },
     /// List plans.
     List,
+    /// List the agents the coordinator knows: configured and registered.
+    Agents,
     /// Stage every volume (repeatable, applications running).
     Stage {
         /// The plan's name.

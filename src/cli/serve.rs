@@ -39,18 +39,32 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("bind the metrics address {}", args.metrics_listen))?;
+    let health_listener = bind_health(args.health_listen).await?;
     let grpc_addr = listener.local_addr().context("gRPC listener address")?;
     let metrics_addr = metrics_listener
         .local_addr()
         .context("metrics listener address")?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "message_type": "listening",
-            "grpc": grpc_addr.to_string(),
-            "metrics": metrics_addr.to_string(),
-        })
-    );
+    let mut listening = serde_json::json!({
+        "message_type": "listening",
+        "grpc": grpc_addr.to_string(),
+        "metrics": metrics_addr.to_string(),
+    });
+    if let Some(h) = &health_listener {
+        listening["health"] = h
+            .local_addr()
+            .context("health listener address")?
+            .to_string()
+            .into();
+    }
+    println!("{listening}");
+    let registration = match (&args.register_with, &args.advertise) {
+        (Some(coordinator), Some(advertise)) => Some(agent::register::Registration {
+            coordinator: coordinator.clone(),
+            auth: args.coordinator.load()?,
+            advertise: advertise.clone(),
+        }),
+        _ => None,
+    };
 
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
@@ -67,7 +81,22 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         Arc::new(move || !ready_stop.is_cancelled()),
         metrics_stop.clone().cancelled_owned(),
     ));
-    let served = agent::serve(listener, config, registry, stop.cancelled_owned()).await;
+    if let Some(registration) = registration {
+        tokio::spawn(agent::register::run(
+            registration,
+            config.cluster_name.clone(),
+            config.node_name.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    let served = agent::serve_with_health(
+        listener,
+        health_listener,
+        config,
+        registry,
+        stop.cancelled_owned(),
+    )
+    .await;
     metrics_stop.cancel();
     match metrics_task.await {
         Ok(Err(e)) => tracing::warn!("metrics endpoint: {e}"),
@@ -76,6 +105,20 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     }
     served?;
     Ok(EXIT_OK)
+}
+
+/// Binds the health-only port when one is asked for.
+pub(super) async fn bind_health(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match addr {
+        Some(a) => Ok(Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("bind the health address {a}"))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// SIGTERM (what the kubelet sends) or SIGINT.

@@ -10,19 +10,13 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::Duration;
 
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Status};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::rpc::pb;
 use crate::rpc::pb::agent_service_client::AgentServiceClient;
-
-/// How long to wait for a connection to an agent.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call to an agent failed, and whether trying again may help.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,48 +33,7 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// The coordinator's credentials towards agents.
-#[derive(Clone, Default)]
-pub struct ClientAuth {
-    /// CA certificates that sign the agents' certificates (PEM); set means TLS.
-    pub ca_pem: Option<Vec<u8>>,
-    /// The coordinator's client certificate and key (PEM), for mutual TLS.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-    /// The agents' bearer token.
-    pub token: Option<String>,
-    /// The name to expect in the agents' certificates instead of the endpoint's host.
-    pub tls_domain: Option<String>,
-}
-
-impl std::fmt::Debug for ClientAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientAuth")
-            .field("tls", &self.ca_pem.is_some())
-            .field("client_certificate", &self.identity.is_some())
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
-}
-
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
-
-impl BearerToken {
-    /// Sends `value` (`Bearer <token>`) as `authorization`, or nothing.
-    pub fn new(value: Option<MetadataValue<tonic::metadata::Ascii>>) -> BearerToken {
-        BearerToken(value)
-    }
-}
+pub use crate::rpc::client::{BearerToken, ClientAuth};
 
 /// A client of one agent.
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -140,49 +93,9 @@ impl Agents {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<AgentClient, String> {
-        crate::rpc::install_crypto_provider();
-        let mut ep = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        if let Some(ca) = &self.auth.ca_pem {
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-            if let Some((cert, key)) = &self.auth.identity {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(domain) = &self.auth.tls_domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            ep = ep.tls_config(tls).map_err(|e| e.to_string())?;
-        }
-        let channel = ep.connect().await.map_err(|e| error_chain(&e))?;
-        let token = match &self.auth.token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| "the agent token is not valid header text".to_string())?,
-            ),
-            None => None,
-        };
-        Ok(AgentServiceClient::with_interceptor(
-            channel,
-            BearerToken(token),
-        ))
+        let (channel, token) = crate::rpc::client::connect(endpoint, &self.auth).await?;
+        Ok(AgentServiceClient::with_interceptor(channel, token))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s = format!("{s}: {t}");
-        }
-        src = c.source();
-    }
-    s
 }
 
 /// Whether a failed call is worth retrying.

@@ -77,6 +77,17 @@ pub async fn serve(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
+    serve_with_health(listener, None, config, shutdown).await
+}
+
+/// [`serve`], plus the plaintext health-only port for kubelet probes on `health_listener`
+/// (see [`rpc::health`]), which stops when the coordinator has stopped.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
     let addr = listener.local_addr().map_err(|e| CoordinatorError::Serve {
         addr: "the listener".into(),
         reason: e.to_string(),
@@ -91,17 +102,14 @@ pub async fn serve(
         addr: addr.to_string(),
         reason,
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = rpc::health::health_service();
     health
         .set_serving::<pb::coordinator_service_server::CoordinatorServiceServer<
             service::CoordinatorService,
         >>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rpc::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| serve_err(format!("build reflection: {e}")))?;
+    let (reflection_v1, reflection_v1alpha) =
+        rpc::health::reflection_services().map_err(serve_err)?;
     let mut builder = Server::builder();
     if let Some(tls) = &config.auth.tls {
         builder = builder
@@ -109,10 +117,23 @@ pub async fn serve(
             .map_err(|e| serve_err(format!("TLS configuration: {e}")))?;
     }
     tracing::info!(%addr, database = %config.database.display(), "coordinator serving");
+    let health_stop = tokio_util::sync::CancellationToken::new();
+    let health_task = health_listener.map(|l| {
+        tokio::spawn(rpc::health::serve_health_only(
+            l,
+            health.clone(),
+            health_stop.clone().cancelled_owned(),
+        ))
+    });
     let stopping = Arc::clone(&runner);
     let stop = async move {
         shutdown.await;
         tracing::info!("shutting down: dropping running agent calls");
+        health
+            .set_not_serving::<pb::coordinator_service_server::CoordinatorServiceServer<
+                service::CoordinatorService,
+            >>()
+            .await;
         stopping.stop().await;
     };
     let result = builder
@@ -120,12 +141,21 @@ pub async fn serve(
             config.auth.token.as_deref(),
         )))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::coordinator_service_server::CoordinatorServiceServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
         .map_err(|e| serve_err(e.to_string()));
     runner.stop().await;
+    health_stop.cancel();
+    if let Some(task) = health_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("health port task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("coordinator stopped");
     result
 }

@@ -1,7 +1,11 @@
-//! The generated gRPC types of `proto/ferry/v1/`, for the agent's server and for clients.
+//! The generated gRPC types of `proto/ferry/v1/`, for the agent's server and for clients, and
+//! the gRPC plumbing the servers and clients share (`client`, `health`).
 //!
 //! Only the RPC layer (`agent::service`, `agent::server`, `agent::auth` and the coordinator's
 //! counterparts) imports tonic; everything below works on plain Rust types.
+
+pub mod client;
+pub mod health;
 
 /// `ferry.v1`: messages, `AgentService` server and client.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,0 +1,115 @@
+//! The pieces both servers (agent and coordinator) share besides their own service: the
+//! standard health service, server reflection, and a plaintext health-only port for probes.
+//!
+//! Kubelet's `grpc` probes speak neither TLS nor bearer tokens, so they cannot reach the health
+//! service behind a server's authentication. [`serve_health_only`] answers them on a port of
+//! its own that serves `grpc.health.v1.Health` and nothing else, from the same statuses the
+//! main server reports: an unauthenticated caller learns only whether the server is serving.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+
+/// A health reporter and the health service that serves its statuses.
+pub fn health_service() -> (HealthReporter, HealthServer<HealthService>) {
+    let reporter = HealthReporter::new();
+    let service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+    (reporter, service)
+}
+
+/// Server reflection, v1 and v1alpha (older grpcurl and grpcui ask for the latter), listing
+/// ferry's services and the health service.
+pub fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    String,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("build reflection: {e}"))?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("build reflection: {e}"))?;
+    Ok((v1, v1alpha))
+}
+
+/// Serves only the health service, reading `reporter`'s statuses, without TLS or
+/// authentication, on `listener` until `stop` completes.
+pub async fn serve_health_only(
+    listener: TcpListener,
+    reporter: HealthReporter,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "the health listener".into());
+    Server::builder()
+        .add_service(HealthServer::new(HealthService::from_health_reporter(
+            reporter,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await
+        .map_err(|e| format!("serve health on {addr}: {}", super::client::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    #[tokio::test]
+    async fn the_health_only_port_reports_the_main_servers_statuses() {
+        let (reporter, _main) = health_service();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(serve_health_only(
+            listener,
+            reporter.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let status = |service: &str| HealthCheckRequest {
+            service: service.into(),
+        };
+        let r = client.check(status("")).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving);
+        // A service not reported yet is unknown to the health service.
+        let e = client.check(status("svc.S")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        reporter
+            .set_service_status("svc.S", tonic_health::ServingStatus::Serving)
+            .await;
+        let r = client.check(status("svc.S")).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving);
+        reporter
+            .set_service_status("svc.S", tonic_health::ServingStatus::NotServing)
+            .await;
+        let r = client.check(status("svc.S")).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::NotServing);
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
