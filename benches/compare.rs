@@ -2,8 +2,8 @@
 //! dataset, end to end, through each program's command line.
 //!
 //! The harness owns the whole comparison: it generates (or copies) a dataset, runs each tool's
-//! first snapshot, unchanged re-snapshot, 1%-changed snapshot and full restore against fresh
-//! repositories, either local directories or buckets in an S3 server it starts itself, measures
+//! first snapshot, unchanged re-snapshot, full restore (the staged copy), 1%-changed snapshot
+//! and final restore of it into the staged copy against fresh repositories, either local directories or buckets in an S3 server it starts itself, measures
 //! every child process (wall time, user+sys CPU and peak RSS, all from `wait4`), and prints
 //! medians as a table followed by one JSON line of raw figures. It checks correctness only
 //! cheaply (file count and byte total of each restore); comparing trees byte for byte is the test
@@ -84,7 +84,7 @@ use std::str::FromStr;
 use anyhow::{Context, bail, ensure};
 
 use dataset::{ChangePlan, Dataset};
-use fstree::{fresh_dir, summarize};
+use fstree::{TreeSummary, fresh_dir, summarize};
 use measure::{Sample, measure, settle_and_warm};
 use report::{Op, Report, Results};
 use store::{Repo, Store, StoreKind};
@@ -187,6 +187,22 @@ fn run() -> anyhow::Result<()> {
             }
         }
 
+        // The full restore of the unchanged tree: the staged copy the final restore updates.
+        let mut staged = Vec::new();
+        for &t in &order {
+            let tool = &tools[t];
+            let target = dirs.restore.join(format!("{}-run{run}", tool.name()));
+            fresh_dir(&target)?;
+            warm(&repos[t], &[&dirs.cache])?;
+            let label = format!("r{run}-restore-{}", tool.name());
+            let mut cmd = tool.restore(&repos[t].location, &target, &env);
+            let sample = bench.timed(&mut cmd, &label)?;
+            report_progress(&tag, Op::Restore, tool, &sample);
+            results[t].samples[Op::Restore as usize].push(sample);
+            check_restore(tool, &target, &dataset.summary, run, &mut results[t])?;
+            staged.push((t, target));
+        }
+
         dataset.set_pristine(false)?;
         let applied = plan.apply()?;
         changed_summary = summarize(&dataset.path)?;
@@ -199,31 +215,16 @@ fn run() -> anyhow::Result<()> {
             results[t].repo_after_all.push(store.size(&repos[t])?);
         }
 
-        for &t in &order {
-            let tool = &tools[t];
-            let target = dirs.restore.join(format!("{}-run{run}", tool.name()));
-            fresh_dir(&target)?;
-            warm(&repos[t], &[&dirs.cache])?;
-            let label = format!("r{run}-restore-{}", tool.name());
-            let mut cmd = tool.restore(&repos[t].location, &target, &env);
+        for (t, target) in &staged {
+            let tool = &tools[*t];
+            warm(&repos[*t], &[&dirs.cache, target])?;
+            let label = format!("r{run}-final-restore-{}", tool.name());
+            let mut cmd = tool.final_restore(&repos[*t].location, target, &env);
             let sample = bench.timed(&mut cmd, &label)?;
-            report_progress(&tag, Op::Restore, tool, &sample);
-            results[t].samples[Op::Restore as usize].push(sample);
-            let restored = summarize(&target)?;
-            if restored != changed_summary {
-                let msg = format!(
-                    "{} restored {} but the source holds {}",
-                    tool.name(),
-                    restored.describe(),
-                    changed_summary.describe()
-                );
-                if tool.kind == Kind::Ferry {
-                    bail!("restore check failed in run {}: {msg}", run + 1);
-                }
-                eprintln!("compare: WARNING: {msg}");
-                results[t].restore_mismatches.push(msg);
-            }
-            fs::remove_dir_all(&target).with_context(|| format!("remove {}", target.display()))?;
+            report_progress(&tag, Op::FinalRestore, tool, &sample);
+            results[*t].samples[Op::FinalRestore as usize].push(sample);
+            check_restore(tool, target, &changed_summary, run, &mut results[*t])?;
+            fs::remove_dir_all(target).with_context(|| format!("remove {}", target.display()))?;
         }
 
         plan.revert(applied)?;
@@ -388,6 +389,33 @@ impl Bench<'_> {
         let label = format!("r{run}-{}-{}", op.key(), tool.name());
         self.timed(&mut tool.snapshot(data, &repo.location, self.env), &label)
     }
+}
+
+/// Compares a restore's file count and bytes with the source's: a mismatch fails the run for
+/// ferry and is recorded as a warning for the others.
+fn check_restore(
+    tool: &Tool,
+    target: &Path,
+    want: &TreeSummary,
+    run: usize,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let restored = summarize(target)?;
+    if restored != *want {
+        let msg = format!(
+            "{} restored {} into {} but the source holds {}",
+            tool.name(),
+            restored.describe(),
+            target.display(),
+            want.describe()
+        );
+        if tool.kind == Kind::Ferry {
+            bail!("restore check failed in run {}: {msg}", run + 1);
+        }
+        eprintln!("compare: WARNING: {msg}");
+        results.restore_mismatches.push(msg);
+    }
+    Ok(())
 }
 
 fn report_progress(tag: &str, op: Op, tool: &Tool, s: &Sample) {

@@ -22,10 +22,17 @@ pub enum Op {
     Unchanged = 1,
     Changed = 2,
     Restore = 3,
+    FinalRestore = 4,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::First, Op::Unchanged, Op::Changed, Op::Restore];
+    const ALL: [Op; 5] = [
+        Op::First,
+        Op::Unchanged,
+        Op::Changed,
+        Op::Restore,
+        Op::FinalRestore,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -33,6 +40,7 @@ impl Op {
             Op::Unchanged => "unchanged_snapshot",
             Op::Changed => "changed_snapshot",
             Op::Restore => "restore",
+            Op::FinalRestore => "final_restore",
         }
     }
 
@@ -42,6 +50,7 @@ impl Op {
             Op::Unchanged => "unchanged re-snapshot",
             Op::Changed => "1%-changed snapshot",
             Op::Restore => "full restore",
+            Op::FinalRestore => "final restore into the staged copy",
         }
     }
 }
@@ -49,7 +58,7 @@ impl Op {
 /// Everything measured for one tool, one entry per run.
 #[derive(Default)]
 pub struct Results {
-    pub samples: [Vec<Sample>; 4],
+    pub samples: [Vec<Sample>; 5],
     pub repo_after_first: Vec<u64>,
     pub repo_after_all: Vec<u64>,
     pub restore_mismatches: Vec<String>,
@@ -170,9 +179,21 @@ impl Report<'_> {
                 "full restore, MB/s",
                 true,
                 1,
-                rate(Op::Restore, self.changed.bytes),
+                rate(Op::Restore, self.dataset.summary.bytes),
             ),
             row("full restore, peak RSS MiB", false, 1, rss(Op::Restore)),
+            row(
+                "final restore into staged copy, wall s",
+                false,
+                2,
+                wall(Op::FinalRestore),
+            ),
+            row(
+                "final restore into staged copy, CPU s",
+                false,
+                2,
+                cpu(Op::FinalRestore),
+            ),
             row(
                 "repo size after 1st snapshot, MiB",
                 false,

@@ -195,6 +195,21 @@ impl Tool {
         c
     }
 
+    /// Restores the latest snapshot into `target`, which holds an earlier restore, so that it
+    /// ends up equal to that snapshot: ferry with `--delete` (no `--base`, so it compares what
+    /// is on disk), rustic with `--delete`, and restic 0.14, which has no `--delete` and
+    /// rewrites every file (the harness's change removes no file, so the trees still agree).
+    pub fn final_restore(&self, repo: &OsStr, target: &Path, env: &ChildEnv) -> Command {
+        let mut c = self.restore(repo, target, env);
+        match self.kind {
+            Kind::Ferry | Kind::Rustic => {
+                c.arg("--delete");
+            }
+            Kind::Restic => {}
+        }
+        c
+    }
+
     pub fn restore(&self, repo: &OsStr, target: &Path, env: &ChildEnv) -> Command {
         let mut c = self.command(env);
         match self.kind {
