@@ -181,7 +181,16 @@ async fn run(
     let cancelled = || RestoreError::Cancelled {
         target: opts.target.display().to_string(),
     };
+    let started = std::time::Instant::now();
+    let phase = |name: &str| {
+        tracing::debug!(
+            phase = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "restore phase done"
+        );
+    };
     let mut plan = plan::plan(&popts, root, &opts.target).await?;
+    phase("plan");
     stats.files_total.store(
         (plan.files.len() + plan.hardlinks.len()) as u64,
         Ordering::Relaxed,
@@ -193,6 +202,7 @@ async fn run(
     if opts.cancel.is_cancelled() {
         return Err(cancelled());
     }
+    phase("compare");
     let mut fetched = 0u64;
     for (file, blob, offset) in &needed {
         plan.add_blob_use(repo, *file, blob, *offset)?;
@@ -205,6 +215,7 @@ async fn run(
     if opts.cancel.is_cancelled() {
         return Err(cancelled());
     }
+    phase("write");
     writers.create_remaining();
     errors.extend(writers.take_errors());
     if !errors.is_empty() {
@@ -212,6 +223,7 @@ async fn run(
         return Err(incomplete(&opts.target, errors));
     }
     let finished = tokio::task::block_in_place(|| finish(&plan, &opts.apply, workers));
+    phase("finish");
     if !finished.is_empty() {
         return Err(incomplete(&opts.target, finished));
     }
