@@ -38,8 +38,8 @@ pub fn compare_all(
         .iter()
         .enumerate()
         .filter_map(|(i, f)| match &f.content {
-            Content::Write { old: Some(_), .. } => Some(i),
-            Content::Write { old: None, .. } => {
+            Content::Write { reuse_old: true } => Some(i),
+            Content::Write { reuse_old: false } => {
                 let mut out = Vec::new();
                 let mut offset = 0;
                 for b in f.node.content.iter().flatten() {
@@ -80,26 +80,27 @@ fn compare_one(
     i: usize,
 ) -> Result<Vec<Needed>, String> {
     let f = &plan.files[i];
-    let Content::Write { old: Some(old), .. } = &f.content else {
+    let Content::Write { reuse_old: true } = &f.content else {
         return Ok(Vec::new());
     };
     let out = created.ensure(plan, i)?;
     let old_file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(old);
+        .open(&f.path);
     let mut needed = Vec::new();
     let mut offset = 0u64;
     let mut buf = Vec::new();
     // Without an old file to read (it vanished), every blob is needed.
     let old_file: Option<File> = old_file.ok();
+    let write_path = f.write_path();
     let out = match out {
         Some(f) => f,
         None => std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(f.write_path())
-            .map_err(|e| format!("open {}: {e}", f.write_path().display()))?,
+            .open(&write_path)
+            .map_err(|e| format!("open {}: {e}", write_path.display()))?,
     };
     for b in f.node.content.iter().flatten() {
         let len = blob_len(repo, &b.0).map_err(|e| e.to_string())?;
@@ -113,7 +114,7 @@ fn compare_one(
         if reused {
             if !is_zero(&buf) {
                 out.write_all_at(&buf, offset)
-                    .map_err(|e| format!("write {}: {e}", f.write_path().display()))?;
+                    .map_err(|e| format!("write {}: {e}", write_path.display()))?;
             }
         } else {
             needed.push((i, b.0, offset));

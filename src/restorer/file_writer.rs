@@ -46,7 +46,7 @@ impl Created {
         self.0[file]
             .get_or_init(|| {
                 let f = &plan.files[file];
-                create_sized(f.write_path(), f.node.size).map(|h| fresh = Some(h))
+                create_sized(&f.write_path(), f.node.size).map(|h| fresh = Some(h))
             })
             .clone()?;
         Ok(fresh)
@@ -132,7 +132,7 @@ impl<'p> Writers<'p> {
                 };
                 if !zero {
                     let path = self.plan.files[u.file].write_path();
-                    if let Err(e) = write_at(fresh, path, &plain, u.offset) {
+                    if let Err(e) = write_at(fresh, &path, &plain, u.offset) {
                         self.error(e);
                         continue;
                     }

@@ -208,6 +208,7 @@ async fn run(
         plan.add_blob_use(repo, *file, blob, *offset)?;
         fetched += plan::blob_len(repo, blob)?;
     }
+    drop(needed);
     plan.sort_packs();
     stats.bytes_total.store(fetched, Ordering::Relaxed);
     let writers = file_writer::Writers::new(&plan, &created, Arc::clone(&stats.bytes_done));
@@ -257,8 +258,9 @@ fn incomplete(target: &Path, errors: Vec<String>) -> RestoreError {
 fn finish(plan: &Plan, apply: &ApplyOptions, workers: usize) -> Vec<String> {
     let mut errors = Vec::new();
     for f in &plan.files {
-        if let Content::Write { temp, .. } = &f.content
-            && let Err(e) = std::fs::rename(temp, &f.path)
+        if let Content::Write { .. } = &f.content
+            && let temp = f.temp_path()
+            && let Err(e) = std::fs::rename(&temp, &f.path)
         {
             errors.push(format!(
                 "rename {} to {}: {e}",

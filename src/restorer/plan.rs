@@ -15,7 +15,9 @@
 //! is empty, `.`, `..` or contains `/` or NUL, are refused before anything is done with them,
 //! so a hostile tree cannot reach outside the target.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -36,13 +38,12 @@ pub const TEMP_PREFIX: &[u8] = b".ferry-restore-tmp.";
 pub enum Content {
     /// The target already holds it (same size and mtime): metadata only.
     Keep,
-    /// Written to `temp`, then renamed over the final path. `old` is an existing file at the
-    /// final path whose chunks may be reused.
+    /// Written to the temporary path ([`PlannedFile::temp_path`]), then renamed over the final
+    /// path. With `reuse_old`, the regular file now at the final path is the old version whose
+    /// chunks may be reused.
     Write {
-        /// The temporary path in the same directory.
-        temp: PathBuf,
-        /// The previous file at the final path, if it was a regular file.
-        old: Option<PathBuf>,
+        /// Whether the final path holds an old version (a regular file) to compare with.
+        reuse_old: bool,
     },
 }
 
@@ -59,11 +60,37 @@ pub struct PlannedFile {
 }
 
 impl PlannedFile {
+    /// A file to restore at `path` from `node`. The node keeps what the restore uses: its name
+    /// (the path has it) and its user and group names (ownership is restored by number, as
+    /// restic does) are dropped, which saves about a tenth of a large restore's plan.
+    pub fn new(path: PathBuf, mut node: Node, content: Content, existed: bool) -> PlannedFile {
+        node.name = Vec::new();
+        node.user = String::new();
+        node.group = String::new();
+        PlannedFile {
+            path,
+            node,
+            content,
+            existed,
+        }
+    }
+
+    /// The temporary name new content is written under, in the file's own directory.
+    pub fn temp_path(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let name = self
+            .path
+            .file_name()
+            .map(OsStr::as_bytes)
+            .unwrap_or_default();
+        temp_path(dir, name)
+    }
+
     /// Where content is written: the temporary path, or the final one when kept.
-    pub fn write_path(&self) -> &Path {
+    pub fn write_path(&self) -> Cow<'_, Path> {
         match &self.content {
-            Content::Write { temp, .. } => temp,
-            Content::Keep => &self.path,
+            Content::Write { .. } => Cow::Owned(self.temp_path()),
+            Content::Keep => Cow::Borrowed(&self.path),
         }
     }
 }
@@ -258,41 +285,19 @@ pub async fn plan(
                             if same {
                                 (Content::Keep, true)
                             } else {
-                                (
-                                    Content::Write {
-                                        temp: temp_path(&dir, &node.name),
-                                        old: Some(path.clone()),
-                                    },
-                                    true,
-                                )
+                                (Content::Write { reuse_old: true }, true)
                             }
                         }
                         Some(_) => {
                             remove_entry(&path)?;
                             plan.removed += 1;
-                            (
-                                Content::Write {
-                                    temp: temp_path(&dir, &node.name),
-                                    old: None,
-                                },
-                                false,
-                            )
+                            (Content::Write { reuse_old: false }, false)
                         }
-                        None => (
-                            Content::Write {
-                                temp: temp_path(&dir, &node.name),
-                                old: None,
-                            },
-                            false,
-                        ),
+                        None => (Content::Write { reuse_old: false }, false),
                     };
                     check_size(opts.repo, &node, &path)?;
-                    plan.files.push(PlannedFile {
-                        path,
-                        node,
-                        content,
-                        existed,
-                    });
+                    plan.files
+                        .push(PlannedFile::new(path, node, content, existed));
                 }
                 _ => {
                     let same = meta.as_ref().is_some_and(|m| same_special(&path, m, &node));
@@ -353,8 +358,11 @@ impl Plan {
     pub fn sort_packs(&mut self) {
         for blobs in self.packs.values_mut() {
             blobs.sort_by_key(|b| b.location.offset);
+            blobs.shrink_to_fit();
         }
-        self.slots.clear();
+        // Only needed while blob uses are added; the write phase is the restore's peak.
+        self.slots = HashMap::new();
+        self.files.shrink_to_fit();
     }
 }
 
