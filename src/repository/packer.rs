@@ -60,13 +60,8 @@ impl Packer {
     /// Appends one sealed blob.
     pub fn add(&mut self, blob: &SealedBlob) {
         if self.bytes.capacity() == 0 {
-            // A pack is closed only once it has reached the target, so its last blob may take
-            // it past the target by up to one largest chunk (sealed, perhaps stored
-            // uncompressed) plus the header: reserve that much once instead of growing, which
-            // would copy the whole pack. Pages never written cost no memory.
-            self.bytes.reserve(
-                TARGET_PACK_SIZE.max(blob.bytes.len()) + crate::chunker::MAX_SIZE + 1024 * 1024,
-            );
+            self.bytes
+                .reserve(TARGET_PACK_SIZE.max(blob.bytes.len()) + 64 * 1024);
         }
         let offset = u32::try_from(self.bytes.len()).expect("pack offsets stay below 4 GiB");
         self.bytes.extend_from_slice(&blob.bytes);
