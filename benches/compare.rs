@@ -56,7 +56,8 @@
 //!   directory, removed at the end). A generated dataset is kept there and reused by later runs
 //!   with the same scale.
 //! - `FERRY_BENCH_RESTORE_DIR`: where restores go, e.g. a tmpfs mount to take the disk out of
-//!   the restore figures (default: inside the work directory).
+//!   the restore figures (default: inside the work directory). Each tool's staged copy stays
+//!   until its final restore, so this needs room for one copy of the dataset per tool.
 //! - `FERRY_BENCH_TOOLS`: comma-separated subset of `ferry,restic,rustic` (default: all found).
 //! - `FERRY_BIN`: the ferry binary to run (default: the one cargo built for this bench, which
 //!   uses the release settings through the bench profile).
