@@ -118,7 +118,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_coordinator_is_retried_until_stopped() {
+    async fn registering_with_an_unreachable_coordinator_ends_when_stopped() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);

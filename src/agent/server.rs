@@ -67,14 +67,7 @@ pub async fn serve_with_health(
         .await;
     let (reflection_v1, reflection_v1alpha) =
         rpc::health::reflection_services().map_err(serve_err)?;
-    let health_stop = tokio_util::sync::CancellationToken::new();
-    let health_task = health_listener.map(|l| {
-        tokio::spawn(rpc::health::serve_health_only(
-            l,
-            health.clone(),
-            health_stop.clone().cancelled_owned(),
-        ))
-    });
+    let health_port = rpc::health::HealthPort::spawn(health_listener, &health);
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.auth.tls {
@@ -121,14 +114,7 @@ pub async fn serve_with_health(
     if !drained.is_cancelled() {
         jobs.drain(grace).await;
     }
-    health_stop.cancel();
-    if let Some(task) = health_task {
-        match task.await {
-            Ok(Err(e)) => tracing::warn!("{e}"),
-            Err(e) => tracing::warn!("health port task: {e}"),
-            Ok(Ok(())) => {}
-        }
-    }
+    health_port.stop().await;
     tracing::info!("agent stopped");
     result
 }

@@ -9,24 +9,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
-use super::{CoordinatorServeArgs, EXIT_ERROR, EXIT_OK, PlanArgs, PlanCommand};
+use super::{
+    CoordinatorServeArgs, EXIT_ERROR, EXIT_OK, PlanArgs, PlanCommand, read_file, read_text,
+};
 use crate::coordinator::{self, CoordinatorConfig, agents::ClientAuth, secrets::SealingKey};
 use crate::rpc::pb;
 use crate::rpc::pb::coordinator_service_client::CoordinatorServiceClient;
-
-fn read(p: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
-}
-
-fn read_text(p: &Path, what: &str) -> anyhow::Result<String> {
-    let bytes = read(p, what)?;
-    Ok(String::from_utf8(bytes)
-        .with_context(|| format!("{what} {} is not UTF-8", p.display()))?
-        .trim()
-        .to_string())
-}
 
 /// Runs the coordinator until SIGTERM or SIGINT.
 pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
@@ -56,13 +45,13 @@ pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
     }
     let agent_auth = ClientAuth {
         ca_pem: match &args.agent_ca {
-            Some(p) => Some(read(p, "agent CA")?),
+            Some(p) => Some(read_file(p, "agent CA")?),
             None => None,
         },
         identity: match (&args.agent_cert, &args.agent_key) {
             (Some(c), Some(k)) => Some((
-                read(c, "agent client certificate")?,
-                read(k, "agent client key")?,
+                read_file(c, "agent client certificate")?,
+                read_file(k, "agent client key")?,
             )),
             _ => None,
         },
@@ -85,21 +74,11 @@ pub async fn serve(args: &CoordinatorServeArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("bind the gRPC address {}", args.listen))?;
     let addr = listener.local_addr().context("gRPC listener address")?;
     let health_listener = super::serve::bind_health(args.health_listen).await?;
-    let mut listening = serde_json::json!({"message_type": "listening", "grpc": addr.to_string()});
-    if let Some(h) = &health_listener {
-        listening["health"] = h
-            .local_addr()
-            .context("health listener address")?
-            .to_string()
-            .into();
-    }
-    println!("{listening}");
-    let stop = CancellationToken::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        super::serve::wait_for_signal().await;
-        signal_stop.cancel();
-    });
+    super::serve::announce(
+        serde_json::json!({"grpc": addr.to_string()}),
+        health_listener.as_ref(),
+    )?;
+    let stop = super::serve::stop_on_signal();
     coordinator::serve_with_health(listener, health_listener, config, stop.cancelled_owned())
         .await?;
     Ok(EXIT_OK)
@@ -271,7 +250,7 @@ fn plan_request(path: &Path) -> anyhow::Result<pb::CreatePlanRequest> {
                 s3_region: f.repository.s3_region.clone(),
                 s3_path_style: f.repository.s3_path_style,
                 ca_pem: match &f.repository.ca_file {
-                    Some(p) => read(p, "CA file")?,
+                    Some(p) => read_file(p, "CA file")?,
                     None => Vec::new(),
                 },
                 insecure_tls: f.repository.insecure_tls,

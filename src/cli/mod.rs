@@ -179,33 +179,25 @@ pub struct ServerAuthArgs {
 impl ServerAuthArgs {
     /// Reads the certificate, key, CA and token files.
     pub fn load(&self) -> anyhow::Result<crate::agent::AuthConfig> {
-        use anyhow::Context;
-        let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
-        };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(crate::agent::TlsConfig {
-                cert_pem: read(cert, "TLS certificate")?,
-                key_pem: read(key, "TLS key")?,
-                client_ca_pem: match &self.tls_client_ca {
-                    Some(ca) => Some(read(ca, "client CA")?),
-                    None => None,
-                },
+                cert_pem: read_file(cert, "TLS certificate")?,
+                key_pem: read_file(key, "TLS key")?,
+                client_ca_pem: self
+                    .tls_client_ca
+                    .as_deref()
+                    .map(|ca| read_file(ca, "client CA"))
+                    .transpose()?,
             }),
             _ => None,
         };
-        let token = match &self.token_file {
-            Some(p) => Some(
-                String::from_utf8(read(p, "token file")?)
-                    .with_context(|| format!("token file {} is not UTF-8", p.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
         Ok(crate::agent::AuthConfig {
             tls,
-            token,
+            token: self
+                .token_file
+                .as_deref()
+                .map(|p| read_text(p, "token file"))
+                .transpose()?,
             insecure: self.insecure,
         })
     }
@@ -231,33 +223,44 @@ pub struct CoordinatorClientArgs {
 impl CoordinatorClientArgs {
     /// Reads the CA, certificate, key and token files.
     pub fn load(&self) -> anyhow::Result<crate::rpc::client::ClientAuth> {
-        use anyhow::Context;
-        let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
-        };
         Ok(crate::rpc::client::ClientAuth {
-            ca_pem: match &self.coordinator_ca {
-                Some(p) => Some(read(p, "coordinator CA")?),
-                None => None,
-            },
+            ca_pem: self
+                .coordinator_ca
+                .as_deref()
+                .map(|p| read_file(p, "coordinator CA"))
+                .transpose()?,
             identity: match (&self.coordinator_cert, &self.coordinator_key) {
-                (Some(c), Some(k)) => {
-                    Some((read(c, "client certificate")?, read(k, "client key")?))
-                }
+                (Some(c), Some(k)) => Some((
+                    read_file(c, "client certificate")?,
+                    read_file(k, "client key")?,
+                )),
                 _ => None,
             },
-            token: match &self.coordinator_token_file {
-                Some(p) => Some(
-                    String::from_utf8(read(p, "coordinator token file")?)
-                        .with_context(|| format!("token file {} is not UTF-8", p.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            },
+            token: self
+                .coordinator_token_file
+                .as_deref()
+                .map(|p| read_text(p, "coordinator token file"))
+                .transpose()?,
             tls_domain: None,
         })
     }
+}
+
+/// Reads a file named by a flag; the error names `what` and the path.
+pub(crate) fn read_file(p: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    std::fs::read(p).with_context(|| format!("read {what} {}", p.display()))
+}
+
+/// Reads a text file named by a flag (a token, a password, a plan), without surrounding
+/// whitespace.
+pub(crate) fn read_text(p: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let bytes = read_file(p, what)?;
+    Ok(String::from_utf8(bytes)
+        .with_context(|| format!("{what} {} is not UTF-8", p.display()))?
+        .trim()
+        .to_string())
 }
 
 /// `ferry agent serve`.

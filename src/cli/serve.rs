@@ -44,19 +44,13 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let metrics_addr = metrics_listener
         .local_addr()
         .context("metrics listener address")?;
-    let mut listening = serde_json::json!({
-        "message_type": "listening",
-        "grpc": grpc_addr.to_string(),
-        "metrics": metrics_addr.to_string(),
-    });
-    if let Some(h) = &health_listener {
-        listening["health"] = h
-            .local_addr()
-            .context("health listener address")?
-            .to_string()
-            .into();
-    }
-    println!("{listening}");
+    announce(
+        serde_json::json!({
+            "grpc": grpc_addr.to_string(),
+            "metrics": metrics_addr.to_string(),
+        }),
+        health_listener.as_ref(),
+    )?;
     let registration = match (&args.register_with, &args.advertise) {
         (Some(coordinator), Some(advertise)) => Some(agent::register::Registration {
             coordinator: coordinator.clone(),
@@ -66,12 +60,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         _ => None,
     };
 
-    let stop = CancellationToken::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signal_stop.cancel();
-    });
+    let stop = stop_on_signal();
     let registry = Arc::new(metrics::Metrics::new());
     let metrics_stop = CancellationToken::new();
     let ready_stop = stop.clone();
@@ -119,6 +108,35 @@ pub(super) async fn bind_health(
         )),
         None => Ok(None),
     }
+}
+
+/// Prints the `{"message_type":"listening",…}` line: `addresses` (an object) and, when there
+/// is one, the health-only port's address under `health`.
+pub(super) fn announce(
+    mut addresses: serde_json::Value,
+    health: Option<&tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
+    addresses["message_type"] = "listening".into();
+    if let Some(h) = health {
+        addresses["health"] = h
+            .local_addr()
+            .context("health listener address")?
+            .to_string()
+            .into();
+    }
+    println!("{addresses}");
+    Ok(())
+}
+
+/// A token cancelled at SIGTERM or SIGINT.
+pub(super) fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_stop.cancel();
+    });
+    stop
 }
 
 /// SIGTERM (what the kubelet sends) or SIGINT.

@@ -117,14 +117,7 @@ pub async fn serve_with_health(
             .map_err(|e| serve_err(format!("TLS configuration: {e}")))?;
     }
     tracing::info!(%addr, database = %config.database.display(), "coordinator serving");
-    let health_stop = tokio_util::sync::CancellationToken::new();
-    let health_task = health_listener.map(|l| {
-        tokio::spawn(rpc::health::serve_health_only(
-            l,
-            health.clone(),
-            health_stop.clone().cancelled_owned(),
-        ))
-    });
+    let health_port = rpc::health::HealthPort::spawn(health_listener, &health);
     let stopping = Arc::clone(&runner);
     let stop = async move {
         shutdown.await;
@@ -148,14 +141,7 @@ pub async fn serve_with_health(
         .await
         .map_err(|e| serve_err(e.to_string()));
     runner.stop().await;
-    health_stop.cancel();
-    if let Some(task) = health_task {
-        match task.await {
-            Ok(Err(e)) => tracing::warn!("{e}"),
-            Err(e) => tracing::warn!("health port task: {e}"),
-            Ok(Ok(())) => {}
-        }
-    }
+    health_port.stop().await;
     tracing::info!("coordinator stopped");
     result
 }

@@ -21,7 +21,7 @@ use crate::crypto::Key;
 use crate::id::PackId;
 use crate::repository::{BlobCodec, Repository};
 
-use super::plan::{Plan, PlannedBlob};
+use super::plan::{Plan, PlannedBlob, PlannedFile};
 
 /// Reads waiting for a writer, per writer thread.
 const QUEUE_PER_WRITER: usize = 2;
@@ -130,12 +130,10 @@ impl<'p> Writers<'p> {
                         continue;
                     }
                 };
-                if !zero {
-                    let path = self.plan.files[u.file].write_path();
-                    if let Err(e) = write_at(fresh, &path, &plain, u.offset) {
-                        self.error(e);
-                        continue;
-                    }
+                if !zero && let Err(e) = write_at(fresh, &self.plan.files[u.file], &plain, u.offset)
+                {
+                    self.error(e);
+                    continue;
                 }
                 self.bytes_done
                     .fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -279,16 +277,26 @@ fn create_sized(path: &Path, size: u64) -> Result<File, String> {
     Ok(f)
 }
 
-/// Writes at `offset`, through `fresh` when the file was just created, else by opening it.
-fn write_at(fresh: Option<File>, path: &Path, data: &[u8], offset: u64) -> Result<(), String> {
+/// Writes at `offset` into `file`'s write path, through `fresh` when the file was just
+/// created, else by opening it. The path is derived (a hash of the name) only when needed: to
+/// open the file, or to name it in an error.
+fn write_at(
+    fresh: Option<File>,
+    file: &PlannedFile,
+    data: &[u8],
+    offset: u64,
+) -> Result<(), String> {
     let f = match fresh {
         Some(f) => f,
-        None => OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| format!("open {}: {e}", path.display()))?,
+        None => {
+            let path = file.write_path();
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?
+        }
     };
     f.write_all_at(data, offset)
-        .map_err(|e| format!("write {} at {offset}: {e}", path.display()))
+        .map_err(|e| format!("write {} at {offset}: {e}", file.write_path().display()))
 }

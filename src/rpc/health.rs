@@ -47,6 +47,40 @@ pub fn reflection_services() -> Result<
     Ok((v1, v1alpha))
 }
 
+/// The health-only port of a server, when it has one, running until [`HealthPort::stop`].
+pub struct HealthPort {
+    stop: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl HealthPort {
+    /// Serves [`serve_health_only`] on `listener`, if there is one, from `reporter`'s statuses.
+    pub fn spawn(listener: Option<TcpListener>, reporter: &HealthReporter) -> HealthPort {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = listener.map(|l| {
+            tokio::spawn(serve_health_only(
+                l,
+                reporter.clone(),
+                stop.clone().cancelled_owned(),
+            ))
+        });
+        HealthPort { stop, task }
+    }
+
+    /// Stops the port and waits for it. A failure is logged, not returned: the server whose
+    /// health it reported has stopped already.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("health port task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
 /// Serves only the health service, reading `reporter`'s statuses, without TLS or
 /// authentication, on `listener` until `stop` completes.
 pub async fn serve_health_only(

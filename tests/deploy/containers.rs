@@ -134,12 +134,13 @@ pub(crate) fn kubelet_root(container: &Container) -> Result<String, String> {
     }
 }
 
-/// The agent containers of every DaemonSet of a render, with their kubelet roots.
-pub(crate) fn agent_kubelet_roots(
+/// The containers running `ferry agent serve` in the DaemonSets of a render, each with where
+/// it is (for messages) and its pod's spec.
+pub(crate) fn agent_containers(
     overlay: &str,
     objects: &[Value],
     violations: &mut Vec<String>,
-) -> Vec<(String, String)> {
+) -> Vec<(String, PodSpec, Container)> {
     let mut out = Vec::new();
     for object in of_kind(objects, "DaemonSet") {
         let Some(ds) = decode::<DaemonSet>(overlay, object, violations) else {
@@ -152,14 +153,26 @@ pub(crate) fn agent_kubelet_roots(
             .spec
             .unwrap_or_default();
         for (at, c) in all_containers(&pod) {
-            if serve_command(c) != Some(Serve::Agent) {
-                continue;
+            if serve_command(c) == Some(Serve::Agent) {
+                let here = format!("overlay {overlay}: {} {at}", object_id(object));
+                out.push((here, pod.clone(), c.clone()));
             }
-            let here = format!("overlay {overlay}: {} {at}", object_id(object));
-            match kubelet_root(c) {
-                Ok(root) => out.push((here, root)),
-                Err(e) => violations.push(format!("{here}: {e}")),
-            }
+        }
+    }
+    out
+}
+
+/// The agent containers of every DaemonSet of a render, with their kubelet roots.
+pub(crate) fn agent_kubelet_roots(
+    overlay: &str,
+    objects: &[Value],
+    violations: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (at, _, c) in agent_containers(overlay, objects, violations) {
+        match kubelet_root(&c) {
+            Ok(root) => out.push((at, root)),
+            Err(e) => violations.push(format!("{at}: {e}")),
         }
     }
     out

@@ -112,21 +112,7 @@ fn base_agent_daemonset() -> Value {
         }
         let text = fs::read_to_string(&path).expect("reading a base manifest");
         for doc in parse_documents(&text).unwrap_or_default() {
-            if str_at(&doc, "/kind") != "DaemonSet" {
-                continue;
-            }
-            let ds: DaemonSet = serde_json::from_value(doc.clone()).unwrap_or_default();
-            let pod = ds
-                .spec
-                .unwrap_or_default()
-                .template
-                .spec
-                .unwrap_or_default();
-            if pod
-                .containers
-                .iter()
-                .any(|c| serve_command(c) == Some(Serve::Agent))
-            {
+            if !agent_containers("base", std::slice::from_ref(&doc), &mut Vec::new()).is_empty() {
                 return doc;
             }
         }
@@ -553,65 +539,50 @@ fn agent_daemonsets_mount_the_kubelet_root_they_pass_to_the_agent_with_host_to_c
  {
     let mut violations = Vec::new();
     for (overlay, objects) in rendered(&mut violations).0 {
-        for object in of_kind(objects, "DaemonSet") {
-            let Some(ds) = decode::<DaemonSet>(overlay, object, &mut violations) else {
+        for (at, pod, c) in agent_containers(overlay, objects, &mut violations) {
+            let root = match kubelet_root(&c) {
+                Ok(root) => root,
+                Err(e) => {
+                    violations.push(format!("{at}: {e}"));
+                    continue;
+                }
+            };
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path.trim_end_matches('/') == root.trim_end_matches('/'));
+            let Some(mount) = mount else {
+                violations.push(format!(
+                    "{at}: nothing is mounted at the kubelet root {root}"
+                ));
                 continue;
             };
-            let pod = ds
-                .spec
-                .unwrap_or_default()
-                .template
-                .spec
-                .unwrap_or_default();
-            for (at, c) in all_containers(&pod) {
-                if serve_command(c) != Some(Serve::Agent) {
-                    continue;
-                }
-                let at = format!("overlay {overlay}: {} {at}", object_id(object));
-                let root = match kubelet_root(c) {
-                    Ok(root) => root,
-                    Err(e) => {
-                        violations.push(format!("{at}: {e}"));
-                        continue;
-                    }
-                };
-                let mount = c
-                    .volume_mounts
-                    .iter()
-                    .flatten()
-                    .find(|m| m.mount_path.trim_end_matches('/') == root.trim_end_matches('/'));
-                let Some(mount) = mount else {
-                    violations.push(format!(
-                        "{at}: nothing is mounted at the kubelet root {root}"
-                    ));
-                    continue;
-                };
-                let host_path = pod
-                    .volumes
-                    .iter()
-                    .flatten()
-                    .find(|v| v.name == mount.name)
-                    .and_then(|v| v.host_path.as_ref())
-                    .map(|h| h.path.clone());
-                match host_path {
-                    Some(path) if path.trim_end_matches('/') == root.trim_end_matches('/') => {}
-                    Some(path) => violations.push(format!(
-                        "{at}: volume {} mounted at {root} is hostPath {path}, not {root}",
-                        mount.name
-                    )),
-                    None => violations.push(format!(
-                        "{at}: volume {} mounted at {root} is not a hostPath volume",
-                        mount.name
-                    )),
-                }
-                let propagation = mount.mount_propagation.as_deref().unwrap_or("None");
-                if propagation != "HostToContainer" {
-                    violations.push(format!(
-                        "{at}: the kubelet mount {} has mountPropagation {propagation}, not \
-                         HostToContainer",
-                        mount.name
-                    ));
-                }
+            let host_path = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.host_path.as_ref())
+                .map(|h| h.path.clone());
+            match host_path {
+                Some(path) if path.trim_end_matches('/') == root.trim_end_matches('/') => {}
+                Some(path) => violations.push(format!(
+                    "{at}: volume {} mounted at {root} is hostPath {path}, not {root}",
+                    mount.name
+                )),
+                None => violations.push(format!(
+                    "{at}: volume {} mounted at {root} is not a hostPath volume",
+                    mount.name
+                )),
+            }
+            let propagation = mount.mount_propagation.as_deref().unwrap_or("None");
+            if propagation != "HostToContainer" {
+                violations.push(format!(
+                    "{at}: the kubelet mount {} has mountPropagation {propagation}, not \
+                 HostToContainer",
+                    mount.name
+                ));
             }
         }
     }
