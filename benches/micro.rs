@@ -7,7 +7,7 @@
 //! - chunking: `chunker::Chunker::next_chunk` over the whole buffer (the reader is the buffer
 //!   itself, so the copy into the chunker's buffer stands in for `read(2)`);
 //! - SHA-256 of every chunk with `id::Id::hash`, the blob id the file saver computes;
-//! - zstd compression of every chunk at `repository::blob::ZSTD_LEVEL` with the frame settings
+//! - zstd compression of every chunk at `repository::blob::DEFAULT_LEVEL` with the frame settings
 //!   of `BlobCodec` (content size, no checksum), and decompression back;
 //! - sealing (`crypto::Key::seal`: AES-256-CTR + Poly1305) of every compressed chunk, and
 //!   opening (`Key::open_in_place`: MAC check, then decryption);
@@ -65,7 +65,7 @@ use ferry::chunker::{self, Chunker};
 use ferry::crypto::{self, Key};
 use ferry::id::{BlobType, Id};
 use ferry::pack;
-use ferry::repository::blob::{BlobCodec, SealedBlob, ZSTD_LEVEL};
+use ferry::repository::blob::{BlobCodec, Compression, DEFAULT_LEVEL, SealedBlob};
 use ferry::repository::packer::{FinishedPack, Packer, TARGET_PACK_SIZE};
 use serde_json::{Map, Value, json};
 
@@ -290,7 +290,7 @@ impl<'a> Input<'a> {
                 "seal round trip changed a frame"
             );
             let blob = codec
-                .seal(&key, id, plain, true)
+                .seal(&key, id, plain, Compression::default())
                 .expect("BlobCodec seals a chunk");
             let mut copy = blob.bytes.clone();
             let opened = codec
@@ -380,7 +380,7 @@ fn check_packs(key: &Key, blobs: &[SealedBlob], ids: &[Id]) -> Vec<usize> {
 
 /// A compressor set up as `BlobCodec::new` sets up its own, which is private.
 fn blob_compressor() -> zstd::bulk::Compressor<'static> {
-    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd compressor");
+    let mut compressor = zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd compressor");
     compressor
         .include_checksum(false)
         .expect("zstd checksum setting");
@@ -574,10 +574,10 @@ fn zstd_compress<'a>(input: &'a Input) -> Stage<'a> {
     let ratio = input.input_bytes() as f64 / input.compressed_bytes() as f64;
     Stage::new("zstd_compress", "zstd compress", input.input_bytes(), run)
         .note(format!(
-            "level {ZSTD_LEVEL} (`repository::blob::ZSTD_LEVEL`); {:.1} MiB out, ratio {ratio:.2}:1",
+            "level {DEFAULT_LEVEL} (`repository::blob::DEFAULT_LEVEL`); {:.1} MiB out, ratio {ratio:.2}:1",
             input.compressed_bytes() as f64 / MIB
         ))
-        .extra("level", json!(ZSTD_LEVEL))
+        .extra("level", json!(DEFAULT_LEVEL))
         .extra("compressed_bytes", json!(input.compressed_bytes()))
         .extra("ratio", json!(ratio))
 }
@@ -640,7 +640,7 @@ fn blob_seal<'a>(input: &'a Input) -> Stage<'a> {
         timed(|| {
             for (i, &id) in input.ids.iter().enumerate() {
                 let blob = codec
-                    .seal(&input.key, id, input.plain(i), true)
+                    .seal(&input.key, id, input.plain(i), Compression::default())
                     .expect("BlobCodec seals a chunk");
                 black_box(blob);
             }
@@ -748,7 +748,7 @@ fn pipeline<'a>(input: &'a Input) -> Stage<'a> {
                 let id = Id::hash(chunk);
                 let data = chunk.to_vec();
                 let blob = codec
-                    .seal(&input.key, id, &data, true)
+                    .seal(&input.key, id, &data, Compression::default())
                     .expect("BlobCodec seals a chunk");
                 packer.add(&blob);
                 if packer.is_full() {
@@ -786,7 +786,7 @@ fn report(cpu: &Cpu, mib: usize, runs: usize, input: &Input, rows: &[Stage]) {
         yes_no("avx512f")
     );
     println!(
-        "Input: {mib} MiB, half pseudo-random and half text; {} chunks; zstd level {ZSTD_LEVEL} \
+        "Input: {mib} MiB, half pseudo-random and half text; {} chunks; zstd level {DEFAULT_LEVEL} \
          to {:.1} MiB. Median of {runs} runs after one warm-up, single thread.",
         input.chunks.len(),
         input.compressed_bytes() as f64 / MIB
@@ -851,7 +851,7 @@ fn report(cpu: &Cpu, mib: usize, runs: usize, input: &Input, rows: &[Stage]) {
     });
     println!("{}", json_line("floor_2cores", &summary));
     println!();
-    println!("## Compute floor (SHA-256 + zstd level {ZSTD_LEVEL} + seal per chunk)");
+    println!("## Compute floor (SHA-256 + zstd level {DEFAULT_LEVEL} + seal per chunk)");
     println!();
     println!(
         "- 1 core:  {one:.3} s/GiB = {:.1} MB/s ({:.1} MiB/s)",

@@ -212,7 +212,7 @@ fn read_pack(
             .get(n - 4 - hlen..n - 4)
             .ok_or_else(|| "header lies outside the pack".to_string())?;
         let plain = repo.key().open(sealed).map_err(|e| e.to_string())?;
-        pack::parse_header(&plain, repo.compression()).map_err(|e| e.to_string())
+        pack::parse_header(&plain, repo.allows_compression()).map_err(|e| e.to_string())
     })();
     let header = match header {
         Ok(h) => h,
@@ -243,7 +243,7 @@ fn read_pack(
             continue;
         };
         let mut buf = sealed.to_vec();
-        if let Err(e) = codec.open(repo.key(), b.id, &mut buf, b.uncompressed_length) {
+        if let Err(e) = codec.open_borrowed(repo.key(), b.id, &mut buf, b.uncompressed_length) {
             errors.push(format!("pack {}: {e}", id.short()));
         }
     }

@@ -104,8 +104,10 @@ pub fn cut_point(data: &[u8]) -> usize {
 /// Whether every byte is zero, a word at a time.
 pub fn is_zero(data: &[u8]) -> bool {
     let (head, words, tail) = {
-        // SAFETY: u64 has no invalid bit patterns, and align_to only reinterprets the aligned
-        // middle part of the slice.
+        // SAFETY: every 8-byte pattern is a valid `u64` and `u64` has no drop glue, so reading
+        // bytes as `u64` is sound; `align_to` puts only the part of `data` that is suitably
+        // aligned for `u64` into the middle slice (within `data`'s bounds and lifetime) and
+        // leaves the rest in `head` and `tail`.
         unsafe { data.align_to::<u64>() }
     };
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)

@@ -37,7 +37,8 @@ pub struct ApplyOptions {
 impl ApplyOptions {
     /// Owners when the effective uid is 0, xattrs on, no excludes.
     pub fn for_current_user() -> ApplyOptions {
-        // SAFETY: geteuid has no preconditions and cannot fail.
+        // SAFETY: geteuid takes no arguments, touches no memory of ours, cannot fail and is
+        // thread-safe.
         let euid = unsafe { libc::geteuid() };
         ApplyOptions {
             owners: euid == 0,
@@ -216,7 +217,8 @@ pub fn create_special(path: &Path, node: &Node) -> io::Result<()> {
     };
     let cpath = c_path(path)?;
     let mode = file_type | (unix_permissions_from_go(node.mode) & 0o777);
-    // SAFETY: cpath is a valid NUL-terminated string.
+    // SAFETY: `cpath` is a `CString` owned here and alive across the call, so its pointer is
+    // valid and NUL-terminated; mknod only reads it. `mode` and `device` are plain integers.
     check(unsafe { libc::mknod(cpath.as_ptr(), mode, device) }).map_err(|cause| {
         ApplyError::CreateSpecial {
             kind,
@@ -285,7 +287,8 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Resu
     };
 
     if opts.owners {
-        // SAFETY: cpath is a valid NUL-terminated string.
+        // SAFETY: `cpath` is a `CString` owned by this function and alive across the call, so
+        // its pointer is valid and NUL-terminated; lchown only reads it.
         keep_first(
             check(unsafe { libc::lchown(cpath.as_ptr(), node.uid, node.gid) }).map_err(|cause| {
                 ApplyError::Chown {
@@ -323,7 +326,8 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Resu
 
     if node.node_type != NodeType::Symlink {
         let mode = unix_permissions_from_go(node.mode);
-        // SAFETY: cpath is a valid NUL-terminated string.
+        // SAFETY: `cpath` is a `CString` owned by this function and alive across the call, so
+        // its pointer is valid and NUL-terminated; chmod only reads it.
         keep_first(
             check(unsafe { libc::chmod(cpath.as_ptr(), mode) }).map_err(|cause| {
                 ApplyError::Chmod {
@@ -382,7 +386,8 @@ pub fn remove_extra_xattrs(path: &Path, node: &Node, opts: &ApplyOptions) -> io:
         if opts.is_xattr_excluded(&lossy) {
             continue;
         }
-        // SAFETY: both are valid NUL-terminated strings.
+        // SAFETY: `cpath` and `name` are `CString`s alive across the call, so both pointers are
+        // valid and NUL-terminated; lremovexattr only reads them.
         match check(unsafe { libc::lremovexattr(cpath.as_ptr(), name.as_ptr()) }) {
             Ok(()) => {}
             Err(e) if is_unsupported(&e) || e.raw_os_error() == Some(libc::ENODATA) => {}
@@ -403,7 +408,9 @@ pub fn remove_extra_xattrs(path: &Path, node: &Node, opts: &ApplyOptions) -> io:
 
 /// `lsetxattr(path, name, value)`, creating or replacing the attribute.
 fn set_xattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
-    // SAFETY: path and name are NUL-terminated; value is valid for value.len() bytes.
+    // SAFETY: `path` and `name` are borrowed `CStr`s, valid and NUL-terminated for the whole
+    // call; `value` is a borrowed slice, readable for exactly the `value.len()` bytes passed.
+    // lsetxattr only reads all three.
     check(unsafe {
         libc::lsetxattr(
             path.as_ptr(),
@@ -418,7 +425,9 @@ fn set_xattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
 /// Sets atime and mtime of `path` itself (not a symlink's target).
 fn set_times(path: &CStr, atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
     let times = [timespec(atime)?, timespec(mtime)?];
-    // SAFETY: path is NUL-terminated and times points to two timespecs.
+    // SAFETY: `path` is a borrowed `CStr`, valid and NUL-terminated for the whole call;
+    // `times` is a local array of the two initialised timespecs utimensat reads (nanoseconds
+    // checked by `timespec`, so neither is mistaken for UTIME_NOW or UTIME_OMIT).
     check(unsafe {
         libc::utimensat(
             libc::AT_FDCWD,

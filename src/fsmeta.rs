@@ -293,7 +293,10 @@ const XATTR_RETRIES: usize = 8;
 /// The attribute names of `path` (`llistxattr`, not following symlinks), in kernel order.
 pub(crate) fn list_xattr_names(path: &CStr) -> io::Result<Vec<CString>> {
     let buf = xattr_call(|buf, len| {
-        // SAFETY: path is NUL-terminated; buf is null with len 0 or valid for len bytes.
+        // SAFETY: `path` is a borrowed `CStr`, valid and NUL-terminated for the call.
+        // `xattr_call` passes either a null `buf` with `len` 0 (a size query, which writes
+        // nothing) or the pointer and length of its own initialised `Vec`, so the kernel
+        // writes at most `len` bytes into memory we own.
         unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), len) }
     })?;
     Ok(buf
@@ -307,8 +310,10 @@ pub(crate) fn list_xattr_names(path: &CStr) -> io::Result<Vec<CString>> {
 /// The value of attribute `name` of `path` (`lgetxattr`, not following symlinks).
 pub(crate) fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
     xattr_call(|buf, len| {
-        // SAFETY: path and name are NUL-terminated; buf is null with len 0 or valid for len
-        // bytes.
+        // SAFETY: `path` and `name` are borrowed `CStr`s, valid and NUL-terminated for the
+        // call. `xattr_call` passes either a null `buf` with `len` 0 (a size query, which
+        // writes nothing) or the pointer and length of its own initialised `Vec`, so the
+        // kernel writes at most `len` bytes into memory we own.
         unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), len) }
     })
 }
@@ -349,7 +354,7 @@ pub(crate) mod tests {
 
     /// Whether the tests run as root (chown, mknod and `trusted.*` need it).
     pub(crate) fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
+        // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
         unsafe { libc::geteuid() == 0 }
     }
 
@@ -371,7 +376,8 @@ pub(crate) mod tests {
     pub(crate) fn set_xattr_raw(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         let p = path_cstring(path)?;
         let n = bytes_cstring(name.as_bytes())?;
-        // SAFETY: valid C strings and a value buffer of value.len() bytes.
+        // SAFETY: `p` and `n` are `CString`s alive across the call (valid, NUL-terminated);
+        // `value` is readable for the `value.len()` bytes passed. lsetxattr only reads them.
         let r = unsafe {
             libc::lsetxattr(
                 p.as_ptr(),
@@ -401,7 +407,8 @@ pub(crate) mod tests {
                 tv_nsec: mtime.1,
             },
         ];
-        // SAFETY: valid C string and two timespecs.
+        // SAFETY: `p` is a `CString` alive across the call (valid, NUL-terminated); `ts` is a
+        // local array of the two initialised timespecs utimensat reads.
         let r = unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -610,7 +617,8 @@ pub(crate) mod tests {
         let dir = test_dir();
         let fifo = dir.path().join("p");
         let c = path_cstring(&fifo).unwrap();
-        // SAFETY: valid C string.
+        // SAFETY: `c` is a `CString` alive across the call (valid, NUL-terminated); mkfifo
+        // only reads it.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
         let node = read(&fifo);
         assert_eq!(node.node_type, NodeType::Fifo);
@@ -634,7 +642,8 @@ pub(crate) mod tests {
         let path = dir.path().join("null");
         let c = path_cstring(&path).unwrap();
         let dev = libc::makedev(1, 3);
-        // SAFETY: valid C string.
+        // SAFETY: `c` is a `CString` alive across the call (valid, NUL-terminated); mknod only
+        // reads it.
         assert_eq!(
             unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) },
             0

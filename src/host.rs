@@ -7,7 +7,10 @@ use crate::node::Timestamp;
 /// The machine's host name, or `"localhost"` when it cannot be read.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
-    // SAFETY: `buf` is a valid, writable buffer of the length passed.
+    // SAFETY: `buf` is a live, writable local array of exactly `buf.len()` bytes and
+    // gethostname writes at most that many. It may leave a truncated name without its NUL,
+    // which the search below allows for. It reads kernel state only (no static buffer of
+    // libc's), so it is safe to call from any thread.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     if rc != 0 {
         return "localhost".into();
@@ -26,13 +29,15 @@ pub fn username() -> String {
 
 /// The effective user id.
 pub fn uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
+    // SAFETY: geteuid takes no arguments, touches no memory of ours, cannot fail and is
+    // thread-safe (it only returns a credential of the calling process).
     unsafe { libc::geteuid() }
 }
 
 /// The effective group id.
 pub fn gid() -> u32 {
-    // SAFETY: getegid has no preconditions and cannot fail.
+    // SAFETY: getegid takes no arguments, touches no memory of ours, cannot fail and is
+    // thread-safe (it only returns a credential of the calling process).
     unsafe { libc::getegid() }
 }
 

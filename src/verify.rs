@@ -626,7 +626,7 @@ mod tests {
     const PINNED: (i64, i64) = (1_600_000_000, 123_456_789);
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
+        // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
         unsafe { libc::geteuid() == 0 }
     }
 
@@ -650,7 +650,8 @@ mod tests {
         };
         let times = [ts(atime), ts(mtime)];
         let p = cstr(path);
-        // SAFETY: valid C string and two timespecs.
+        // SAFETY: `p` is a `CString` alive across the call (valid, NUL-terminated); `times` is a
+        // local array of the two initialised timespecs utimensat reads.
         let r = unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -670,13 +671,15 @@ mod tests {
 
     fn lchown(path: &Path, uid: u32, gid: u32) {
         let p = cstr(path);
-        // SAFETY: valid C string.
+        // SAFETY: `p` is a `CString` alive across the call (valid, NUL-terminated); lchown only
+        // reads it.
         assert_eq!(unsafe { libc::lchown(p.as_ptr(), uid, gid) }, 0);
     }
 
     fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) {
         let p = cstr(path);
-        // SAFETY: valid C string.
+        // SAFETY: `p` is a `CString` alive across the call (valid, NUL-terminated); mknod only
+        // reads it.
         let r = unsafe { libc::mknod(p.as_ptr(), mode, libc::makedev(major, minor)) };
         assert_eq!(
             r,

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// Volumes outside Kubernetes, named by the operator (`--volume NAME=PATH`): addressed as
     /// a pod volume with an empty pod UID. For nodes without a kubelet and for the demo.
     pub static_volumes: Vec<(String, PathBuf)>,
+    /// How long a job waits for a conflicting repository lock (a prune's) before it fails as
+    /// locked; `repository::lock::AGENT_RETRY_LOCK` by default.
+    pub lock_wait: Duration,
 }
 
 /// Who may call the agent.

@@ -26,7 +26,7 @@ use crate::backend::{Backend, BackendOptions};
 use crate::fsmeta::ReadOptions;
 use crate::location::Location;
 use crate::operations::{self, OpError};
-use crate::repository::{RepoError, Repository};
+use crate::repository::{Compression, RepoError, Repository};
 use crate::restorer::RestoreStats;
 use crate::rpc::pb;
 
@@ -51,6 +51,7 @@ pub struct AgentService {
     workers: usize,
     local_repositories: Vec<PathBuf>,
     static_volumes: Vec<VolumeInfo>,
+    lock_wait: std::time::Duration,
 }
 
 impl AgentService {
@@ -104,6 +105,7 @@ impl AgentService {
             metrics,
             workers,
             local_repositories,
+            lock_wait: config.lock_wait,
         }
     }
 
@@ -171,12 +173,18 @@ impl AgentService {
         }
         let o = spec.options.unwrap_or_default();
         let connections = o.connections as usize;
+        let compression: Compression = o
+            .compression
+            .parse()
+            .map_err(|e: String| Status::invalid_argument(e))?;
         let options = crate::rpc::backend_options(o, spec.credentials.unwrap_or_default());
         Ok(RepoPlan {
             location: spec.location,
             password: spec.password.into_bytes(),
             options,
             connections,
+            compression,
+            lock_wait: self.lock_wait,
         })
     }
 
@@ -265,6 +273,8 @@ struct RepoPlan {
     password: Vec<u8>,
     options: BackendOptions,
     connections: usize,
+    compression: Compression,
+    lock_wait: std::time::Duration,
 }
 
 impl RepoPlan {
@@ -282,6 +292,8 @@ impl RepoPlan {
         };
         let mut repo = Repository::open(backend, &self.password).await?;
         repo.set_lock_tag(Some(job_id.to_string()));
+        repo.set_lock_wait(self.lock_wait);
+        repo.set_compression(self.compression)?;
         repo.load_index().await?;
         Ok((Arc::new(repo), connections))
     }

@@ -775,13 +775,15 @@ fn statvfs_used(path: &Path) -> io::Result<u64> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is a NUL-terminated string and `st` points to writable memory of the
-    // size statvfs fills.
+    // SAFETY: `c_path` is a `CString` alive across the call (valid, NUL-terminated);
+    // `st.as_mut_ptr()` points to a live, aligned, writable `libc::statvfs`, exactly the
+    // struct statvfs fills. statvfs is thread-safe (a plain system call).
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: statvfs returned 0, so it initialised the whole struct.
+    // SAFETY: statvfs returned 0, and on success it fills in the whole struct (every field
+    // is a plain integer, so no bit pattern is invalid).
     let st = unsafe { st.assume_init() };
     #[allow(clippy::useless_conversion)] // The field types differ between targets.
     let (blocks, free, frsize) = (

@@ -34,7 +34,7 @@ use crate::fsmeta::{NameCache, ReadOptions};
 use crate::host;
 use crate::id::{BlobId, BlobType, Id, SnapshotId, TreeId};
 use crate::repository::pack_saver::{BlobSender, PackSaver};
-use crate::repository::{BlobCodec, RepoError, Repository};
+use crate::repository::{BlobCodec, Compression, RepoError, Repository};
 use crate::snapshot::{Snapshot, SnapshotSummary};
 use crate::tree::Tree;
 
@@ -117,7 +117,7 @@ pub struct NewChunk {
 /// What every stage shares.
 pub struct Shared {
     key: Key,
-    compress: bool,
+    compress: Compression,
     repo: Arc<Repository>,
     handle: tokio::runtime::Handle,
     seen: Mutex<HashSet<(BlobType, Id)>>,
@@ -237,7 +237,10 @@ pub async fn snapshot(
         });
     }
     let lock = repo.lock(false).await?;
-    let result = run_snapshot(&repo, &opts, stats).await;
+    let result = match repo.check_index_current().await {
+        Ok(()) => run_snapshot(&repo, &opts, stats).await,
+        Err(e) => Err(e.into()),
+    };
     let released = lock.release().await;
     let outcome = result?;
     released?;

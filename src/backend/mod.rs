@@ -127,6 +127,15 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// Flushing a file written to a local directory to the disk failed.
+    #[error("flush {path} to disk: {source}")]
+    LocalSync {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl BackendError {
@@ -155,6 +164,16 @@ pub struct Backend {
     location: String,
     local_root: Option<std::path::PathBuf>,
     retry: RetryPolicy,
+}
+
+/// A file's key below the repository root, in restic's default layout.
+fn relative_key(t: FileType, id: &Id) -> String {
+    let hex = id.to_hex();
+    match t {
+        FileType::Config => "config".to_string(),
+        FileType::Pack => format!("data/{}/{hex}", &hex[..2]),
+        _ => format!("{}/{hex}", t.dir()),
+    }
 }
 
 impl Backend {
@@ -261,13 +280,46 @@ impl Backend {
 
     /// The object key of a file.
     pub fn key(&self, t: FileType, id: &Id) -> String {
-        let hex = id.to_hex();
-        let rel = match t {
-            FileType::Config => "config".to_string(),
-            FileType::Pack => format!("data/{}/{hex}", &hex[..2]),
-            _ => format!("{}/{hex}", t.dir()),
+        self.join(&relative_key(t, id))
+    }
+
+    /// Makes a file just written to a local directory durable, as restic's local backend
+    /// does: its data and then its directory entry are flushed to the disk before the write
+    /// counts as done, so that an index never names a pack that a power loss could take
+    /// back. Object stores are durable when a write returns; nothing is done for them.
+    async fn sync_local(&self, t: FileType, id: &Id) -> Result<(), BackendError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
         };
-        self.join(&rel)
+        let file = root.join(relative_key(t, id));
+        tokio::task::spawn_blocking(move || {
+            let synced = |path: &std::path::Path, dir: bool| {
+                let r = std::fs::File::open(path).and_then(|f| f.sync_all());
+                match r {
+                    // Some filesystems (SMB mounts, for one) cannot flush a directory.
+                    Err(e)
+                        if dir
+                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) =>
+                    {
+                        Ok(())
+                    }
+                    r => r.map_err(|source| BackendError::LocalSync {
+                        path: path.display().to_string(),
+                        source,
+                    }),
+                }
+            };
+            synced(&file, false)?;
+            match file.parent() {
+                Some(dir) => synced(dir, true),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| BackendError::LocalSync {
+            path: root.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 
     fn join(&self, rel: &str) -> String {
@@ -327,7 +379,8 @@ impl Backend {
             }
         })
         .await
-        .map_err(|e| self.map_err("write", key, e))
+        .map_err(|e| self.map_err("write", key, e))?;
+        self.sync_local(t, id).await
     }
 
     /// Reads a whole file.

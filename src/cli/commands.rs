@@ -31,7 +31,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<u8> {
             AgentCommand::Snapshot(args) => snapshot(cli, args).await,
             AgentCommand::Restore(args) => restore(cli, args).await,
             AgentCommand::Verify(args) => verify(cli, args).await,
-            AgentCommand::Serve(args) => super::serve::run(args).await,
+            AgentCommand::Serve(args) => {
+                let wait = cli
+                    .retry_lock
+                    .unwrap_or(crate::repository::lock::AGENT_RETRY_LOCK);
+                super::serve::run(args, wait).await
+            }
         },
         Command::Coordinator {
             command: super::CoordinatorCommand::Serve(args),

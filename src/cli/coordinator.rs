@@ -124,6 +124,9 @@ struct RepositoryFile {
     insecure_tls: bool,
     #[serde(default)]
     connections: u32,
+    /// `auto` (default), `off`, `max` or a zstd level from 1 to 19.
+    #[serde(default)]
+    compression: String,
     /// Send the caller's `AWS_*`, `AZURE_ACCOUNT_*` and `GOOGLE_APPLICATION_CREDENTIALS` as
     /// the store's credentials.
     #[serde(default)]
@@ -256,6 +259,7 @@ fn plan_request(path: &Path) -> anyhow::Result<pb::CreatePlanRequest> {
                 insecure_tls: f.repository.insecure_tls,
                 request_timeout_seconds: 0,
                 connections: f.repository.connections,
+                compression: f.repository.compression.clone(),
             }),
             credentials: Some(credentials),
         }),

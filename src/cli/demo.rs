@@ -52,6 +52,7 @@ async fn start_agent(
         shutdown_grace: Duration::from_secs(5),
         local_repositories: vec![work.to_path_buf()],
         static_volumes: vec![("data".into(), volume.to_path_buf())],
+        lock_wait: crate::repository::lock::AGENT_RETRY_LOCK,
     };
     let metrics = Arc::new(agent::metrics::Metrics::new());
     let stop = stop.clone();

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::backend::{Backend, BackendOptions, RetryPolicy};
-use crate::repository::{RepoError, Repository};
+use crate::repository::{Compression, RepoError, Repository};
 
 pub use password::PasswordSource;
 
@@ -79,9 +79,23 @@ pub struct Cli {
     /// Retries of a failed request to a network store (with exponential backoff).
     #[arg(long, default_value_t = 6, global = true)]
     pub max_retries: u32,
+    /// How new data is compressed: auto (zstd level 1), off, max (zstd level 19) or a zstd
+    /// level from 1 to 19. `auto` in a version 1 repository stores data uncompressed.
+    #[arg(long, env = "RESTIC_COMPRESSION", global = true)]
+    pub compression: Option<Compression>,
     /// Worker threads per CPU stage (0: one per core).
     #[arg(long, default_value_t = 0, global = true)]
     pub workers: usize,
+    /// How long to wait for a conflicting repository lock (a prune's) to go away, e.g. 30s,
+    /// 5m or 1h30m, as restic's --retry-lock [default: 0, failing at once; 5m for
+    /// `agent serve`].
+    #[arg(
+        long,
+        env = "FERRY_RETRY_LOCK",
+        global = true,
+        value_parser = crate::repository::lock::parse_retry_lock
+    )]
+    pub retry_lock: Option<std::time::Duration>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -645,6 +659,10 @@ impl Cli {
         let backend = self.backend()?;
         let password = self.password_source().read()?;
         let mut repo = Repository::open(backend, &password).await?;
+        repo.set_lock_wait(self.retry_lock.unwrap_or_default());
+        if let Some(c) = self.compression {
+            repo.set_compression(c)?;
+        }
         if with_index {
             repo.load_index().await?;
         }

@@ -11,7 +11,8 @@ use super::{EXIT_OK, ServeArgs};
 use crate::agent::{self, AgentConfig, metrics};
 
 /// Runs the agent; returns when it has stopped and every job has released its lock.
-pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
+/// `lock_wait` is the global `--retry-lock`, or the agents' default.
+pub async fn run(args: &ServeArgs, lock_wait: Duration) -> anyhow::Result<u8> {
     let config = AgentConfig {
         node_name: args.node_name.clone().unwrap_or_else(crate::host::hostname),
         cluster_name: args.cluster_name.clone(),
@@ -21,6 +22,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         job_workers: args.job_workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         local_repositories: args.allow_local_repository.clone(),
+        lock_wait,
         static_volumes: args
             .volumes
             .iter()

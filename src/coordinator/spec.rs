@@ -23,6 +23,10 @@ pub struct StoreSettings {
     pub insecure_tls: bool,
     pub request_timeout_seconds: u32,
     pub connections: u32,
+    /// `StoreOptions.compression` as given (empty: auto); plans stored before it existed
+    /// read as empty.
+    #[serde(default)]
+    pub compression: String,
 }
 
 /// The non-secret part of a plan, stored as JSON and shown by `GetPlan`.
@@ -99,6 +103,9 @@ pub fn from_request(
         return Err(invalid("the repository password is empty"));
     }
     let o = repo.options.unwrap_or_default();
+    if let Err(reason) = o.compression.parse::<crate::repository::Compression>() {
+        return Err(invalid(&reason));
+    }
     let c = repo.credentials.unwrap_or_default();
     let mut creds = BTreeMap::new();
     for (k, v) in [
@@ -135,6 +142,7 @@ pub fn from_request(
             insecure_tls: o.insecure_tls,
             request_timeout_seconds: o.request_timeout_seconds,
             connections: o.connections,
+            compression: o.compression,
         },
     };
     let endpoint = |cluster: &str, m: Option<pb::Mount>| {
@@ -210,6 +218,7 @@ pub fn repository_spec(spec: &PlanSpec, secrets: &PlanSecrets) -> pb::Repository
             insecure_tls: s.insecure_tls,
             request_timeout_seconds: s.request_timeout_seconds,
             connections: s.connections,
+            compression: s.compression.clone(),
         }),
         credentials: Some(pb::StoreCredentials {
             aws_access_key_id: cred("aws_access_key_id"),

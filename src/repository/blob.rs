@@ -12,8 +12,62 @@ use crate::id::Id;
 /// Larger claims in a hostile index are refused instead of allocated.
 pub const MAX_BLOB_PLAINTEXT: usize = 1 << 30;
 
-/// zstd level used for blobs and unpacked files; restic's `auto` is comparable.
-pub const ZSTD_LEVEL: i32 = 3;
+/// The zstd level of `auto`, ferry's default for blobs. Level 1 compresses about 1.5 times as
+/// fast as level 3 and gives a repository 3-5% larger (measured in `benches/micro.rs` and
+/// `benches/compare`); the repositories a migration writes are short-lived, so speed wins.
+pub const DEFAULT_LEVEL: i32 = 1;
+
+/// The zstd level of `max`: slow, for repositories that are kept.
+pub const MAX_LEVEL: i32 = 19;
+
+/// How new blobs are compressed: restic's `--compression` values plus explicit zstd levels.
+/// Reading never depends on it (every compressed blob records its uncompressed length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as plaintext (the only choice in a version 1 repository).
+    Off,
+    /// zstd at this level (1 to [`MAX_LEVEL`]).
+    Zstd(i32),
+}
+
+impl Default for Compression {
+    /// `auto`: zstd at [`DEFAULT_LEVEL`].
+    fn default() -> Compression {
+        Compression::Zstd(DEFAULT_LEVEL)
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    /// Parses `auto`, `off`, `max` or a zstd level from 1 to [`MAX_LEVEL`].
+    fn from_str(s: &str) -> Result<Compression, String> {
+        match s {
+            "auto" | "" => Ok(Compression::default()),
+            "off" => Ok(Compression::Off),
+            "max" => Ok(Compression::Zstd(MAX_LEVEL)),
+            _ => match s.parse::<i32>() {
+                Ok(level) if (1..=MAX_LEVEL).contains(&level) => Ok(Compression::Zstd(level)),
+                _ => Err(format!(
+                    "compression {s:?} is not auto, off, max or a zstd level from 1 to {MAX_LEVEL}"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Off => f.write_str("off"),
+            Compression::Zstd(level) => write!(f, "zstd level {level}"),
+        }
+    }
+}
+
+/// The largest buffer a codec keeps between blobs: room for a largest data chunk (8 MiB)
+/// plus zstd's worst-case growth.
+const KEEP_BUFFER: usize = 9 << 20;
 
 /// A blob ready to go into a pack.
 #[derive(Debug)]
@@ -80,38 +134,86 @@ pub enum BlobError {
     },
 }
 
+/// Plaintexts longer than this (tree blobs of huge directories; data chunks are at most
+/// 8 MiB) are compared with their decompressed form piece by piece, so that the self-check
+/// does not hold a second full copy: 300 MiB for a directory of a million entries.
+const STREAMED_CHECK_ABOVE: usize = 16 << 20;
+
+/// Whether the zstd frame `compressed` decompresses to exactly `plaintext`, decompressing
+/// 1 MiB at a time.
+fn decompressed_equals(compressed: &[u8], plaintext: &[u8]) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)?;
+    let mut piece = vec![0u8; 1 << 20];
+    let mut rest = plaintext;
+    loop {
+        let n = decoder.read(&mut piece)?;
+        if n == 0 {
+            return Ok(rest.is_empty());
+        }
+        match rest.split_at_checked(n) {
+            Some((head, tail)) if head == &piece[..n] => rest = tail,
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// A reusable compressor and decompressor for one thread.
 pub struct BlobCodec {
     compressor: zstd::bulk::Compressor<'static>,
+    /// The compressor's current level.
+    level: i32,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// The compressed payload of the blob being sealed.
     scratch: Vec<u8>,
+    /// The self-check's copy of the sealed bytes, then of the decompressed plaintext; kept
+    /// between blobs so that each check does not fault in fresh pages.
+    check: Vec<u8>,
+    check_out: Vec<u8>,
 }
 
 impl BlobCodec {
-    /// A codec at [`ZSTD_LEVEL`]; frames carry their content size and no checksum.
+    /// A codec; frames carry their content size and no checksum. The level follows each
+    /// [`BlobCodec::seal`] call's [`Compression`].
     pub fn new() -> BlobCodec {
         let mut compressor =
-            zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd compressor at a valid level");
+            zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd compressor at a valid level");
         // Both settings are accepted by every zstd build; failure would be a broken library.
         let _ = compressor.include_checksum(false);
         let _ = compressor.include_contentsize(true);
         BlobCodec {
             compressor,
+            level: DEFAULT_LEVEL,
             decompressor: zstd::bulk::Decompressor::new().expect("zstd decompressor"),
             scratch: Vec::new(),
+            check: Vec::new(),
+            check_out: Vec::new(),
         }
     }
 
-    /// Compresses (when `compress` and the plaintext is not empty), encrypts, and checks the
-    /// result by opening it again. `id` must be the hash of `plaintext`.
+    /// Compresses (unless `compression` is off or the plaintext is empty), encrypts, and
+    /// checks the result by opening it again. `id` must be the hash of `plaintext`.
     pub fn seal(
         &mut self,
         key: &Key,
         id: Id,
         plaintext: &[u8],
-        compress: bool,
+        compression: Compression,
     ) -> Result<SealedBlob, BlobError> {
-        let uncompressed_length = if compress && !plaintext.is_empty() {
+        let level = match compression {
+            Compression::Zstd(level) if !plaintext.is_empty() => Some(level),
+            _ => None,
+        };
+        let uncompressed_length = if let Some(level) = level {
+            if level != self.level {
+                self.compressor
+                    .set_compression_level(level)
+                    .map_err(|e| BlobError::Compress {
+                        id,
+                        reason: format!("set zstd level {level}: {e}"),
+                    })?;
+                self.level = level;
+            }
             self.scratch.clear();
             self.scratch
                 .reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
@@ -135,12 +237,25 @@ impl BlobCodec {
         };
         let mut bytes = Vec::with_capacity(payload.len() + crypto::EXTENSION);
         key.seal_append(payload, &mut bytes);
-        self.verify(key, id, &bytes, uncompressed_length, plaintext)?;
+        let checked = self.verify(key, id, &bytes, uncompressed_length, plaintext);
+        self.trim();
+        checked?;
         Ok(SealedBlob {
             id,
             bytes,
             uncompressed_length,
         })
+    }
+
+    /// Gives back buffers grown past [`KEEP_BUFFER`] by one huge blob (the tree of a
+    /// directory with a million entries is hundreds of MiB), so that a thread's codec does not
+    /// hold them for the rest of the run.
+    fn trim(&mut self) {
+        for buf in [&mut self.scratch, &mut self.check, &mut self.check_out] {
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = Vec::new();
+            }
+        }
     }
 
     fn verify(
@@ -151,22 +266,29 @@ impl BlobCodec {
         uncompressed_length: u32,
         plaintext: &[u8],
     ) -> Result<(), BlobError> {
-        let mut copy = sealed.to_vec();
+        self.check.clear();
+        self.check.extend_from_slice(sealed);
         let opened = key
-            .open_in_place(&mut copy)
+            .open_in_place(&mut self.check)
             .map_err(|e| BlobError::SelfCheck {
                 id,
                 reason: e.to_string(),
             })?;
-        let same = if uncompressed_length != 0 {
-            let out = self
-                .decompressor
-                .decompress(opened, uncompressed_length as usize)
+        let same = if uncompressed_length as usize > STREAMED_CHECK_ABOVE {
+            decompressed_equals(opened, plaintext).map_err(|e| BlobError::SelfCheck {
+                id,
+                reason: e.to_string(),
+            })?
+        } else if uncompressed_length != 0 {
+            self.check_out.clear();
+            self.check_out.reserve(uncompressed_length as usize);
+            self.decompressor
+                .decompress_to_buffer(opened, &mut self.check_out)
                 .map_err(|e| BlobError::SelfCheck {
                     id,
                     reason: e.to_string(),
                 })?;
-            out == plaintext
+            self.check_out == plaintext
         } else {
             &*opened == plaintext
         };
@@ -189,32 +311,50 @@ impl BlobCodec {
         sealed: &mut [u8],
         uncompressed_length: u32,
     ) -> Result<Vec<u8>, BlobError> {
+        let plain = self
+            .open_borrowed(key, id, sealed, uncompressed_length)
+            .map(<[u8]>::to_vec);
+        self.trim();
+        plain
+    }
+
+    /// As [`BlobCodec::open`], without allocating: the plaintext is `sealed`'s own bytes
+    /// (decrypted in place) or, for a compressed blob, the codec's reusable buffer, valid
+    /// until the codec's next call.
+    pub fn open_borrowed<'a>(
+        &'a mut self,
+        key: &Key,
+        id: Id,
+        sealed: &'a mut [u8],
+        uncompressed_length: u32,
+    ) -> Result<&'a [u8], BlobError> {
         let opened = key
             .open_in_place(sealed)
             .map_err(|source| BlobError::Decrypt { id, source })?;
-        let plain = if uncompressed_length != 0 {
+        let plain: &[u8] = if uncompressed_length != 0 {
             let n = uncompressed_length as usize;
             if n > MAX_BLOB_PLAINTEXT {
                 return Err(BlobError::TooLarge { id, len: n as u64 });
             }
-            let out =
-                self.decompressor
-                    .decompress(opened, n)
-                    .map_err(|e| BlobError::Decompress {
-                        id,
-                        reason: e.to_string(),
-                    })?;
-            if out.len() != n {
+            self.check_out.clear();
+            self.check_out.reserve(n);
+            self.decompressor
+                .decompress_to_buffer(&*opened, &mut self.check_out)
+                .map_err(|e| BlobError::Decompress {
+                    id,
+                    reason: e.to_string(),
+                })?;
+            if self.check_out.len() != n {
                 return Err(BlobError::Decompress {
                     id,
-                    reason: format!("{} bytes instead of {n}", out.len()),
+                    reason: format!("{} bytes instead of {n}", self.check_out.len()),
                 });
             }
-            out
+            &self.check_out
         } else {
-            opened.to_vec()
+            opened
         };
-        let actual = Id::hash(&plain);
+        let actual = Id::hash(plain);
         if actual != id {
             return Err(BlobError::HashMismatch { id, actual });
         }
@@ -237,10 +377,15 @@ mod tests {
         let key = Key::random();
         let mut codec = BlobCodec::new();
         for data in [&b""[..], b"hello hello hello hello", &[7u8; 100_000]] {
-            for compress in [false, true] {
+            for compression in [
+                Compression::Off,
+                Compression::default(),
+                Compression::Zstd(MAX_LEVEL),
+                Compression::Zstd(3),
+            ] {
                 let id = Id::hash(data);
-                let mut s = codec.seal(&key, id, data, compress).unwrap();
-                if data.is_empty() || !compress {
+                let mut s = codec.seal(&key, id, data, compression).unwrap();
+                if data.is_empty() || compression == Compression::Off {
                     assert_eq!(s.uncompressed_length, 0);
                 } else {
                     assert_eq!(s.uncompressed_length as usize, data.len());
@@ -259,7 +404,7 @@ mod tests {
         let mut codec = BlobCodec::new();
         let data = b"some content";
         let id = Id::hash(data);
-        let s = codec.seal(&key, id, data, true).unwrap();
+        let s = codec.seal(&key, id, data, Compression::default()).unwrap();
         let mut bad = s.bytes.clone();
         bad[20] ^= 1;
         assert!(matches!(
@@ -274,5 +419,43 @@ mod tests {
         ));
         let mut ok = s.bytes.clone();
         assert!(codec.open(&key, id, &mut ok, 5).is_err());
+    }
+
+    #[test]
+    fn large_plaintexts_are_checked_piece_by_piece() {
+        let data: Vec<u8> = (0..STREAMED_CHECK_ABOVE as u32 + 3_000_001)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let frame = zstd::bulk::compress(&data, 1).unwrap();
+        assert!(decompressed_equals(&frame, &data).unwrap());
+        let mut changed = data.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(!decompressed_equals(&frame, &changed).unwrap());
+        assert!(!decompressed_equals(&frame, &data[..data.len() - 1]).unwrap());
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(!decompressed_equals(&frame, &longer).unwrap());
+
+        let key = Key::random();
+        let mut codec = BlobCodec::new();
+        let id = Id::hash(&data);
+        let mut s = codec.seal(&key, id, &data, Compression::default()).unwrap();
+        assert_eq!(s.uncompressed_length as usize, data.len());
+        let back = codec
+            .open(&key, id, &mut s.bytes, s.uncompressed_length)
+            .unwrap();
+        assert!(back == data);
+    }
+
+    #[test]
+    fn compression_modes_parse_as_restic_names_or_levels() {
+        assert_eq!("auto".parse(), Ok(Compression::Zstd(DEFAULT_LEVEL)));
+        assert_eq!("off".parse(), Ok(Compression::Off));
+        assert_eq!("max".parse(), Ok(Compression::Zstd(MAX_LEVEL)));
+        assert_eq!("7".parse(), Ok(Compression::Zstd(7)));
+        for bad in ["0", "20", "-1", "fast", "AUTO"] {
+            let err = bad.parse::<Compression>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 }

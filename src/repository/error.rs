@@ -72,6 +72,26 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// The repository cannot do what was asked (e.g. compression in format version 1).
+    #[error("repository {location}: {reason}")]
+    Unsupported {
+        /// The repository location.
+        location: String,
+        /// What it cannot do.
+        reason: String,
+    },
+    /// An index file read when the repository was opened was removed before the lock was
+    /// taken (a prune ran in between).
+    #[error(
+        "repository {location} changed while it was being opened (index {index} was removed, \
+         a prune ran): run again"
+    )]
+    IndexChanged {
+        /// The repository location.
+        location: String,
+        /// The short id of the removed index file.
+        index: String,
+    },
     /// A background task failed or was cancelled.
     #[error("{0}")]
     Task(String),

@@ -29,7 +29,7 @@ use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::unpacked;
 
-pub use blob::{BlobCodec, SealedBlob};
+pub use blob::{BlobCodec, Compression, SealedBlob};
 pub use error::RepoError;
 
 /// restic's CLI tries at most this many key files before giving up.
@@ -48,7 +48,12 @@ pub struct Repository {
     key_id: KeyId,
     config: Config,
     index: MasterIndex,
+    /// The index files [`Repository::load_index`] read, sorted.
+    index_files: Vec<Id>,
     lock_tag: Option<String>,
+    /// How long taking a lock may wait for conflicting locks (see `lock::set_lock_wait`).
+    lock_wait: std::time::Duration,
+    compression: Compression,
 }
 
 impl std::fmt::Debug for Repository {
@@ -87,11 +92,14 @@ impl Repository {
         let key_id = write_key_file(&backend, &key, password, params).await?;
         let mut repo = Repository {
             lock_tag: None,
+            lock_wait: std::time::Duration::ZERO,
+            compression: Compression::default(),
             backend,
             key,
             key_id,
             config,
             index: MasterIndex::new(),
+            index_files: Vec::new(),
         };
         let json = repo.config.to_json();
         let sealed = repo.key.seal(&json);
@@ -148,13 +156,21 @@ impl Repository {
             .open(&raw)
             .map_err(|e| RepoError::corrupt("config", e))?;
         let config = Config::from_json(&plain).map_err(|e| RepoError::corrupt("config", e))?;
+        let compression = if config.version >= 2 {
+            Compression::default()
+        } else {
+            Compression::Off
+        };
         Ok(Repository {
             lock_tag: None,
+            lock_wait: std::time::Duration::ZERO,
+            compression,
             backend,
             key,
             key_id,
             config,
             index: MasterIndex::new(),
+            index_files: Vec::new(),
         })
     }
 
@@ -189,8 +205,33 @@ impl Repository {
     }
 
     /// Whether blobs and unpacked files may be compressed (format version 2).
-    pub fn compression(&self) -> bool {
+    pub fn allows_compression(&self) -> bool {
         self.config.version >= 2
+    }
+
+    /// How new blobs are compressed: `auto` in a version 2 repository unless
+    /// [`Repository::set_compression`] chose otherwise, always off in version 1.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Chooses how new blobs are compressed. A version 1 repository takes `off`, and `auto`
+    /// (which means off there, as in restic); anything else is refused.
+    pub fn set_compression(&mut self, compression: Compression) -> Result<(), RepoError> {
+        if !self.allows_compression() && compression == Compression::default() {
+            return Ok(());
+        }
+        if compression != Compression::Off && !self.allows_compression() {
+            return Err(RepoError::Unsupported {
+                location: self.backend.location().to_string(),
+                reason: format!(
+                    "compression {compression} needs format version 2, the repository has version {}",
+                    self.config.version
+                ),
+            });
+        }
+        self.compression = compression;
+        Ok(())
     }
 
     /// The index loaded by [`Repository::load_index`] (empty before).
@@ -198,10 +239,15 @@ impl Repository {
         &self.index
     }
 
-    /// Loads every index file into the master index.
+    /// Loads every index file into the master index; with a lock wait set, first waits (within
+    /// it) until no exclusive lock is held, as [`Repository::wait_for_exclusive_locks`] says.
     pub async fn load_index(&mut self) -> Result<(), RepoError> {
+        // With a lock wait set, read the index only once no prune holds the repository.
+        self.wait_for_exclusive_locks().await?;
         let listed = self.backend.list(FileType::Index).await?;
-        let allow_compressed = self.compression();
+        let mut names: Vec<Id> = listed.iter().map(|l| l.id).collect();
+        names.sort_unstable();
+        let allow_compressed = self.allows_compression();
         let this = &*self;
         let files: Vec<IndexFile> = futures::stream::iter(listed)
             .map(|l| async move {
@@ -217,6 +263,36 @@ impl Repository {
             index.add_file(f);
         }
         self.index = index;
+        self.index_files = names;
+        Ok(())
+    }
+
+    /// Fails when an index file that [`Repository::load_index`] read is gone. Call it after
+    /// taking a lock: a prune that ran between loading the index and the lock rewrote the
+    /// index and may have deleted packs it listed, so deduplicating against it could make a
+    /// snapshot refer to data that no longer exists.
+    pub async fn check_index_current(&self) -> Result<(), RepoError> {
+        if self.index_files.is_empty() {
+            return Ok(());
+        }
+        let mut now: Vec<Id> = self
+            .backend
+            .list(FileType::Index)
+            .await?
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        now.sort_unstable();
+        if let Some(gone) = self
+            .index_files
+            .iter()
+            .find(|id| now.binary_search(id).is_err())
+        {
+            return Err(RepoError::IndexChanged {
+                location: self.backend.location().to_string(),
+                index: gone.short(),
+            });
+        }
         Ok(())
     }
 
@@ -241,7 +317,7 @@ impl Repository {
     /// Encrypts (and in v2 compresses) `json` and stores it under the hash of the stored
     /// bytes, after checking that the bytes open to `json` again. Returns the new file's id.
     pub async fn save_unpacked(&self, t: FileType, json: &[u8]) -> Result<Id, RepoError> {
-        let plain = if self.compression() && t != FileType::Config {
+        let plain = if self.allows_compression() && t != FileType::Config {
             unpacked::compress(json)
         } else {
             json.to_vec()
@@ -548,5 +624,28 @@ mod tests {
         assert!(r2.remove_key(&k2).await.is_err());
         repo.remove_key(&k2).await.unwrap();
         assert!(Repository::open(b, b"two").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_removed_index_file_is_noticed_after_loading() {
+        let b = Backend::memory();
+        let writer = Repository::init(b.clone(), b"pw", fast()).await.unwrap();
+        let written = writer.save_index(vec![IndexPack {
+            id: crate::id::PackId(Id::hash(b"pack")),
+            blobs: Vec::new(),
+        }]);
+        let ids = written.await.unwrap();
+        let mut repo = Repository::open(b.clone(), b"pw").await.unwrap();
+        repo.load_index().await.unwrap();
+        repo.check_index_current().await.unwrap();
+        // Another index appearing is fine; the loaded one disappearing is a prune.
+        writer.save_unpacked(FileType::Index, b"{\"packs\":[]}").await.unwrap();
+        repo.check_index_current().await.unwrap();
+        for id in &ids {
+            b.remove(FileType::Index, &id.0).await.unwrap();
+        }
+        let err = repo.check_index_current().await.unwrap_err();
+        assert!(matches!(err, RepoError::IndexChanged { .. }), "{err}");
+        assert!(err.to_string().contains("run again"), "{err}");
     }
 }

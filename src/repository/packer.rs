@@ -104,7 +104,9 @@ mod tests {
         let mut p = Packer::new(BlobType::Data);
         let datas: Vec<Vec<u8>> = vec![b"one".to_vec(), vec![9; 5000], Vec::new()];
         for d in &datas {
-            let s = codec.seal(&key, Id::hash(d), d, true).unwrap();
+            let s = codec
+                .seal(&key, Id::hash(d), d, crate::repository::Compression::default())
+                .unwrap();
             p.add(&s);
         }
         let f = p.finish(&key);

@@ -100,12 +100,19 @@ impl<'p> Writers<'p> {
         std::mem::take(&mut *self.errors.lock().expect("errors lock"))
     }
 
-    /// Writes one read group: `bytes` holds the pack from offset `base` on.
-    fn write_group(&self, codec: &mut BlobCodec, key: &Key, group: &ReadGroup<'_>, bytes: &[u8]) {
+    /// Writes one read group: `bytes` holds the pack from offset `group.start` on; each blob
+    /// is decrypted in place.
+    fn write_group(
+        &self,
+        codec: &mut BlobCodec,
+        key: &Key,
+        group: &ReadGroup<'_>,
+        bytes: &mut [u8],
+    ) {
         for b in group.blobs {
             let start = (u64::from(b.location.offset) - group.start) as usize;
             let end = start + b.location.length as usize;
-            let Some(sealed) = bytes.get(start..end) else {
+            let Some(sealed) = bytes.get_mut(start..end) else {
                 self.error(format!(
                     "pack {}: blob {} lies beyond the bytes read",
                     group.pack.short(),
@@ -113,15 +120,15 @@ impl<'p> Writers<'p> {
                 ));
                 continue;
             };
-            let mut buf = sealed.to_vec();
-            let plain = match codec.open(key, b.id, &mut buf, b.location.uncompressed_length) {
+            let plain = match codec.open_borrowed(key, b.id, sealed, b.location.uncompressed_length)
+            {
                 Ok(p) => p,
                 Err(e) => {
                     self.error(format!("pack {}: {e}", group.pack.short()));
                     continue;
                 }
             };
-            let zero = crate::chunker::is_zero(&plain);
+            let zero = crate::chunker::is_zero(plain);
             for u in &b.uses {
                 let fresh = match self.ensure_created(u.file) {
                     Ok(f) => f,
@@ -130,7 +137,7 @@ impl<'p> Writers<'p> {
                         continue;
                     }
                 };
-                if !zero && let Err(e) = write_at(fresh, &self.plan.files[u.file], &plain, u.offset)
+                if !zero && let Err(e) = write_at(fresh, &self.plan.files[u.file], plain, u.offset)
                 {
                     self.error(e);
                     continue;
@@ -243,7 +250,12 @@ pub async fn write_all(
                             let Some((group, bytes)) = next else {
                                 break;
                             };
-                            w.write_group(&mut codec, key, group, &bytes);
+                            // A buffer the store handed over whole is decrypted where it
+                            // lies; a shared one is copied first.
+                            let mut bytes = bytes
+                                .try_into_mut()
+                                .unwrap_or_else(|shared| shared.as_ref().into());
+                            w.write_group(&mut codec, key, group, &mut bytes);
                         }
                     })
                     .expect("spawn writer thread");
@@ -254,7 +266,25 @@ pub async fn write_all(
 }
 
 fn create_sized(path: &Path, size: u64) -> Result<File, String> {
-    // A temporary file left by an interrupted restore is replaced, never followed.
+    let exclusive = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path);
+    let f = match exclusive {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => replace(path)?,
+        Err(e) => return Err(format!("create {}: {e}", path.display())),
+    };
+    f.set_len(size)
+        .map_err(|e| format!("set size of {}: {e}", path.display()))?;
+    Ok(f)
+}
+
+/// Creates `path` over whatever is there: a temporary file left by an interrupted restore is
+/// replaced, never followed.
+fn replace(path: &Path) -> Result<File, String> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             std::fs::remove_dir_all(path).map_err(|e| format!("remove {}: {e}", path.display()))?
@@ -264,17 +294,14 @@ fn create_sized(path: &Path, size: u64) -> Result<File, String> {
         }
         Err(_) => {}
     }
-    let f = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
-    f.set_len(size)
-        .map_err(|e| format!("set size of {}: {e}", path.display()))?;
-    Ok(f)
+        .map_err(|e| format!("create {}: {e}", path.display()))
 }
 
 /// Writes at `offset` into `file`'s write path, through `fresh` when the file was just

@@ -291,6 +291,7 @@ pub fn agent_config(sb: &Sandbox, kubelet: &KubeletDir, auth: AuthConfig) -> Age
         shutdown_grace: Duration::from_secs(5),
         local_repositories: vec![sb.repo.clone()],
         static_volumes: Vec::new(),
+        lock_wait: Duration::ZERO,
     }
 }
 
