@@ -639,7 +639,10 @@ mod tests {
         repo.load_index().await.unwrap();
         repo.check_index_current().await.unwrap();
         // Another index appearing is fine; the loaded one disappearing is a prune.
-        writer.save_unpacked(FileType::Index, b"{\"packs\":[]}").await.unwrap();
+        writer
+            .save_unpacked(FileType::Index, b"{\"packs\":[]}")
+            .await
+            .unwrap();
         repo.check_index_current().await.unwrap();
         for id in &ids {
             b.remove(FileType::Index, &id.0).await.unwrap();

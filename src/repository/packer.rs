@@ -105,7 +105,12 @@ mod tests {
         let datas: Vec<Vec<u8>> = vec![b"one".to_vec(), vec![9; 5000], Vec::new()];
         for d in &datas {
             let s = codec
-                .seal(&key, Id::hash(d), d, crate::repository::Compression::default())
+                .seal(
+                    &key,
+                    Id::hash(d),
+                    d,
+                    crate::repository::Compression::default(),
+                )
                 .unwrap();
             p.add(&s);
         }
