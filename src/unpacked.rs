@@ -26,6 +26,9 @@ pub const DEFAULT_LIMIT: usize = 1 << 32;
 /// allocate gigabytes up front.
 const MAX_PREALLOC: usize = 16 << 20;
 
+/// How much decompressed data is read at a time.
+const READ_CHUNK: usize = 64 << 10;
+
 /// Why an unpacked file's plaintext could not be turned into JSON.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackedError {
@@ -101,14 +104,26 @@ fn decode_zstd(data: &[u8], limit: usize) -> Result<Vec<u8>, UnpackedError> {
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0);
     let mut out = Vec::with_capacity(declared.min(limit).min(MAX_PREALLOC));
-    let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(zstd_err)?;
-    // Reading one byte past the limit tells "exactly at the limit" from "over it".
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    decoder.take(cap).read_to_end(&mut out).map_err(zstd_err)?;
-    if out.len() > limit {
-        return Err(UnpackedError::TooLarge { compressed, limit });
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(zstd_err)?;
+    // Grow by hand rather than with `read_to_end`, whose doubling would reserve up to twice
+    // the limit for a frame that decodes to just over it (a 130 KB file made 8 GiB).
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(zstd_err(e)),
+        };
+        let room = limit - out.len();
+        if n > room {
+            return Err(UnpackedError::TooLarge { compressed, limit });
+        }
+        if out.capacity() - out.len() < n {
+            out.reserve_exact(out.len().max(n).min(room));
+        }
+        out.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -185,6 +200,26 @@ mod tests {
         let exact = compress(&[7u8; 1000]);
         assert_eq!(decompress(exact.clone(), 1000).unwrap().len(), 1000);
         assert!(decompress(exact, 999).is_err());
+    }
+
+    #[test]
+    fn output_buffer_never_grows_past_the_limit() {
+        // A streamed frame declares no size, so the buffer grows as data arrives; found while
+        // fuzzing: doubling used to reserve up to twice the limit.
+        let limit = (3 << 20) + 1;
+        let mut framed = vec![COMPRESSED_MARKER];
+        framed.extend(zstd::stream::encode_all(&vec![0u8; limit][..], 3).unwrap());
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&framed[1..]).unwrap(),
+            None
+        );
+        let out = decompress(framed, limit).unwrap();
+        assert_eq!(out.len(), limit);
+        assert!(
+            out.capacity() <= limit,
+            "capacity {} over {limit}",
+            out.capacity()
+        );
     }
 
     #[test]
