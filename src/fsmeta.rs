@@ -644,10 +644,8 @@ pub(crate) mod tests {
         let dev = libc::makedev(1, 3);
         // SAFETY: `c` is a `CString` alive across the call (valid, NUL-terminated); mknod only
         // reads it.
-        assert_eq!(
-            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) },
-            0
-        );
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) };
+        assert_eq!(rc, 0);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let node = read(&path);
         assert_eq!(node.node_type, NodeType::CharDev);
