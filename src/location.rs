@@ -83,6 +83,14 @@ fn bucket_and_prefix(location: &str, rest: &str) -> Result<(String, String), Loc
     if bucket.is_empty() {
         return Err(err(location, "no bucket given"));
     }
+    // No bucket or container name holds an `@`: in `s3://key:secret@bucket/…` it marks a
+    // user-info part, which an HTTP client would otherwise carry into its logs.
+    if bucket.contains('@') {
+        return Err(err(
+            location,
+            "credentials in the location are not accepted; give them in the environment",
+        ));
+    }
     Ok((bucket.to_string(), trim_prefix(prefix)))
 }
 
@@ -310,8 +318,17 @@ mod tests {
         assert!(Location::parse("s3://").is_err());
         assert!(Location::parse("sftp:host:/x").is_err());
         assert!(Location::parse("ftp://host/x").is_err());
-        let e = Location::parse("s3:https://key:secret@host/bkt").unwrap_err();
-        assert!(!e.to_string().contains("secret"), "{e}");
+        for url in [
+            "s3:https://key:secret@host/bkt",
+            "s3://key:secret@bkt/p",
+            "gs://key:secret@bkt/p",
+            "az://key:secret@container/p",
+            "azure://key:secret@container/p",
+        ] {
+            let e = Location::parse(url).unwrap_err();
+            assert!(!e.to_string().contains("secret"), "{e}");
+            assert!(e.to_string().contains("credentials"), "{e}");
+        }
     }
 
     #[test]
