@@ -74,12 +74,17 @@ fn lock_json(sb: &Sandbox, id: &str) -> serde_json::Value {
 struct BlockedSnapshot {
     child: Child,
     fifo: PathBuf,
+    /// The FIFO's write end, opened once the snapshot opened its read end.
+    writer: Option<File>,
     lock: String,
 }
 
 impl BlockedSnapshot {
     /// Starts the snapshot (through `wrapper`, e.g. `unshare …`, when given) and waits until its
-    /// lock file appears.
+    /// lock file appears and it opened the FIFO, which it does only once its lock is confirmed:
+    /// from then on it does nothing more to the repository's locks until it is fed. (Its
+    /// second look at the locks, 200 ms after writing its own, removes any lock of a process
+    /// proven dead by then; a test that killed a process in that window would race with it.)
     fn start(sb: &Sandbox, name: &str, wrapper: &[&str]) -> BlockedSnapshot {
         let fifo = sb.root().join(name);
         mkfifo(&fifo);
@@ -117,14 +122,33 @@ impl BlockedSnapshot {
             }
             lock_ids(sb).difference(&before).next().cloned()
         });
-        BlockedSnapshot { child, fifo, lock }
+        // A non-blocking open of a FIFO's write end fails (ENXIO) until a reader has it open.
+        let probe = wait_for("the blocked snapshot to open its FIFO", || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the blocked snapshot ended ({status})");
+            }
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .ok()
+        });
+        let writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        drop(probe);
+        BlockedSnapshot {
+            child,
+            fifo,
+            writer: Some(writer),
+            lock,
+        }
     }
 
     /// Feeds the FIFO and lets the snapshot finish; returns its exit status.
     fn finish(mut self) -> std::process::ExitStatus {
-        let mut w = OpenOptions::new().write(true).open(&self.fifo).unwrap();
-        w.write_all(&vec![7u8; 3 << 20]).unwrap();
-        drop(w);
+        let mut writer = self.writer.take().expect("fed once");
+        writer.write_all(&vec![7u8; 3 << 20]).unwrap();
+        // The end of input: the snapshot sees EOF when the last writer closes.
+        drop(writer);
         self.child.wait().unwrap()
     }
 
