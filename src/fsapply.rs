@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::filemode::unix_permissions_from_go;
 use crate::fsmeta::{bytes_cstring, is_unsupported, list_xattr_names, path_cstring};
-use crate::node::{Node, NodeType, Timestamp};
+use crate::node::{ExtendedAttribute, Node, NodeType, Timestamp};
 
 /// What [`apply_metadata`] and [`remove_extra_xattrs`] restore.
 #[derive(Clone, Debug)]
@@ -256,13 +256,47 @@ pub fn create_symlink(path: &Path, target: &[u8]) -> io::Result<()> {
     })
 }
 
+/// The part of a node that [`apply_metadata`] and [`remove_extra_xattrs`] apply, borrowed from
+/// a [`Node`] or from a restore plan's more compact record of one.
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata<'a> {
+    /// The node's type (a symlink's mode is not applied).
+    pub node_type: NodeType,
+    /// Go `os.FileMode` bits, as in [`Node::mode`].
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Extended attributes.
+    pub xattrs: &'a [ExtendedAttribute],
+}
+
+impl<'a> From<&'a Node> for Metadata<'a> {
+    fn from(node: &'a Node) -> Metadata<'a> {
+        Metadata {
+            node_type: node.node_type,
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            atime: node.atime,
+            mtime: node.mtime,
+            xattrs: &node.extended_attributes,
+        }
+    }
+}
+
 /// Applies `node`'s metadata to the existing entry at `path`.
 ///
 /// Steps, in this order:
 /// 1. `lchown(uid, gid)` when `opts.owners`. It comes first because changing the owner makes
 ///    the kernel drop setuid/setgid bits and the `security.capability` attribute, which the
 ///    later steps then restore.
-/// 2. `lsetxattr` for each of `node.extended_attributes` when `opts.xattrs`, skipping names
+/// 2. `lsetxattr` for each of the node's extended attributes when `opts.xattrs`, skipping names
 ///    that match `opts.exclude_xattr`. `ENOTSUP` (a filesystem or namespace without xattr
 ///    support) is ignored. Attributes present on `path` but not in `node` are left alone;
 ///    see [`remove_extra_xattrs`]. This precedes `chmod` so that a read-only mode cannot block
@@ -277,7 +311,12 @@ pub fn create_symlink(path: &Path, target: &[u8]) -> io::Result<()> {
 /// ones (a missing owner should not also lose the mtime); the first error is returned, as an
 /// [`io::Error`] wrapping an [`ApplyError`] with the path. Restic additionally hides
 /// permission errors when not running as root; that policy is the caller's.
-pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Result<()> {
+pub fn apply_metadata<'a>(
+    path: &Path,
+    node: impl Into<Metadata<'a>>,
+    opts: &ApplyOptions,
+) -> io::Result<()> {
+    let node = node.into();
     let cpath = c_path(path)?;
     let mut first: Option<io::Error> = None;
     let mut keep_first = |result: io::Result<()>| {
@@ -303,7 +342,7 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Resu
     }
 
     if opts.xattrs {
-        for attr in &node.extended_attributes {
+        for attr in node.xattrs {
             if opts.is_xattr_excluded(&attr.name) {
                 continue;
             }
@@ -356,7 +395,12 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Resu
 /// `opts.xattrs` is false or the filesystem has no xattr support. An attribute that vanishes
 /// meanwhile is not an error. Every removal is attempted; the first error is returned.
 /// Without privileges, `trusted.*` attributes are not even listed and so are kept.
-pub fn remove_extra_xattrs(path: &Path, node: &Node, opts: &ApplyOptions) -> io::Result<()> {
+pub fn remove_extra_xattrs<'a>(
+    path: &Path,
+    node: impl Into<Metadata<'a>>,
+    opts: &ApplyOptions,
+) -> io::Result<()> {
+    let node = node.into();
     if !opts.xattrs {
         return Ok(());
     }
@@ -375,11 +419,7 @@ pub fn remove_extra_xattrs(path: &Path, node: &Node, opts: &ApplyOptions) -> io:
     let mut first: Option<io::Error> = None;
     for name in names {
         let bytes = name.to_bytes();
-        if node
-            .extended_attributes
-            .iter()
-            .any(|a| a.name.as_bytes() == bytes)
-        {
+        if node.xattrs.iter().any(|a| a.name.as_bytes() == bytes) {
             continue;
         }
         let lossy = String::from_utf8_lossy(bytes);

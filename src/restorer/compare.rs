@@ -42,7 +42,7 @@ pub fn compare_all(
             Content::Write { reuse_old: false } => {
                 let mut out = Vec::new();
                 let mut offset = 0;
-                for b in f.node.content.iter().flatten() {
+                for b in f.meta.blobs.iter() {
                     out.push((i, b.0, offset));
                     offset += blob_len(repo, &b.0).unwrap_or(0);
                 }
@@ -102,7 +102,7 @@ fn compare_one(
             .open(&write_path)
             .map_err(|e| format!("open {}: {e}", write_path.display()))?,
     };
-    for b in f.node.content.iter().flatten() {
+    for b in f.meta.blobs.iter() {
         let len = blob_len(repo, &b.0).map_err(|e| e.to_string())?;
         let reused = match &old_file {
             Some(old) => {

@@ -46,7 +46,7 @@ impl Created {
         self.0[file]
             .get_or_init(|| {
                 let f = &plan.files[file];
-                create_sized(&f.write_path(), f.node.size).map(|h| fresh = Some(h))
+                create_sized(&f.write_path(), f.meta.size).map(|h| fresh = Some(h))
             })
             .clone()?;
         Ok(fresh)

@@ -238,7 +238,7 @@ async fn run(
         files_written: written.len() as u64,
         dirs: plan.dirs.len() as u64,
         others: plan.others.len() as u64,
-        bytes: written.iter().map(|f| f.node.size).sum(),
+        bytes: written.iter().map(|f| f.meta.size).sum(),
         bytes_fetched: fetched,
         removed: plan.removed,
         base_rejected,
@@ -291,11 +291,12 @@ fn finish(plan: &Plan, apply: &ApplyOptions, workers: usize) -> Vec<String> {
                     for f in files {
                         if f.existed
                             && f.content == Content::Keep
-                            && let Err(e) = fsapply::remove_extra_xattrs(&f.path, &f.node, apply)
+                            && let Err(e) =
+                                fsapply::remove_extra_xattrs(&f.path, f.meta.metadata(), apply)
                         {
                             errs.push(e.to_string());
                         }
-                        if let Err(e) = fsapply::apply_metadata(&f.path, &f.node, apply) {
+                        if let Err(e) = fsapply::apply_metadata(&f.path, f.meta.metadata(), apply) {
                             errs.push(e.to_string());
                         }
                     }
