@@ -2,9 +2,10 @@
 //!
 //! A [`PackSaver`] runs one packer thread that appends sealed blobs to one open pack per blob
 //! type (data and tree blobs never share a pack), and one tokio task that stores finished packs
-//! with at most `connections` uploads at once. Producers send through a bounded channel, so at
-//! most `BLOB_QUEUE` sealed blobs, two open packs, one queued pack and `connections` uploading
-//! packs are in memory. [`PackSaver::finish`] flushes the open packs and returns the index
+//! with at most `connections` uploads at once. Producers send through a bounded channel, and
+//! the packer hands over a finished pack only when fewer than `connections` are queued or
+//! uploading, so at most `BLOB_QUEUE` sealed blobs, two open packs, one finished pack waiting
+//! in the packer and `connections` queued or uploading packs are in memory. [`PackSaver::finish`] flushes the open packs and returns the index
 //! entries of every stored pack; writing the index is the caller's next step, because the
 //! format requires packs to be stored before any index names them.
 
@@ -70,17 +71,25 @@ impl PackSaver {
     pub fn start(repo: Arc<Repository>, connections: usize) -> PackSaver {
         let (tx, rx) = crossbeam_channel::bounded::<(BlobType, SealedBlob)>(BLOB_QUEUE);
         let (up_tx, up_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
+        let connections = connections.max(1);
+        // One token per pack queued or uploading: the packer takes one before handing a pack
+        // over, the upload gives it back when the pack is stored (or failed).
+        let (token_tx, token_rx) = crossbeam_channel::bounded::<()>(connections);
+        for _ in 0..connections {
+            let _ = token_tx.try_send(());
+        }
         let stats = Arc::new(SaverStats::default());
         let key = repo.key().clone();
         let st = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("ferry-packer".into())
-            .spawn(move || pack_loop(&key, rx, up_tx, &st))
+            .spawn(move || pack_loop(&key, rx, up_tx, token_rx, &st))
             .expect("spawn packer thread");
         let uploader = tokio::spawn(upload_loop(
             repo,
             up_rx,
-            connections.max(1),
+            token_tx,
+            connections,
             Arc::clone(&stats),
         ));
         PackSaver {
@@ -121,8 +130,11 @@ fn pack_loop(
     key: &crypto::Key,
     rx: crossbeam_channel::Receiver<(BlobType, SealedBlob)>,
     up_tx: tokio::sync::mpsc::Sender<FinishedPack>,
+    tokens: crossbeam_channel::Receiver<()>,
     stats: &SaverStats,
 ) {
+    // Waits for a free upload slot, then hands the pack over; false when the uploader is gone.
+    let hand_over = |pack: FinishedPack| tokens.recv().is_ok() && up_tx.blocking_send(pack).is_ok();
     let mut data = Packer::new(BlobType::Data);
     let mut tree = Packer::new(BlobType::Tree);
     for (blob_type, blob) in rx.iter() {
@@ -146,12 +158,12 @@ fn pack_loop(
             }
         };
         packer.add(&blob);
-        if packer.is_full() && up_tx.blocking_send(packer.finish(key)).is_err() {
+        if packer.is_full() && !hand_over(packer.finish(key)) {
             return;
         }
     }
     for packer in [&mut data, &mut tree] {
-        if !packer.is_empty() && up_tx.blocking_send(packer.finish(key)).is_err() {
+        if !packer.is_empty() && !hand_over(packer.finish(key)) {
             return;
         }
     }
@@ -160,6 +172,7 @@ fn pack_loop(
 async fn upload_loop(
     repo: Arc<Repository>,
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+    tokens: crossbeam_channel::Sender<()>,
     connections: usize,
     stats: Arc<SaverStats>,
 ) -> Result<Vec<IndexPack>, RepoError> {
@@ -178,11 +191,16 @@ async fn upload_loop(
                 let Some(pack) = next else { break };
                 let repo = Arc::clone(&repo);
                 let stats = Arc::clone(&stats);
+                let tokens = tokens.clone();
                 running.spawn(async move {
                     let FinishedPack { id, bytes, blobs } = pack;
-                    repo.backend()
+                    let saved = repo
+                        .backend()
                         .save(FileType::Pack, &id.0, Bytes::from(bytes))
-                        .await?;
+                        .await;
+                    // The pack's memory is freed: the packer may hand over another.
+                    let _ = tokens.try_send(());
+                    saved?;
                     stats.packs.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, RepoError>(IndexPack { id, blobs })
                 });
