@@ -5,9 +5,10 @@
 //! with at most `connections` uploads at once. Producers send through a bounded channel, and
 //! the packer hands over a finished pack only when fewer than `connections` are queued or
 //! uploading, so at most `BLOB_QUEUE` sealed blobs, two open packs, one finished pack waiting
-//! in the packer and `connections` queued or uploading packs are in memory. [`PackSaver::finish`] flushes the open packs and returns the index
-//! entries of every stored pack; writing the index is the caller's next step, because the
-//! format requires packs to be stored before any index names them.
+//! in the packer and `connections` queued or uploading packs are in memory.
+//! [`PackSaver::finish`] flushes the open packs and returns the index entries of every stored
+//! pack; writing the index is the caller's next step, because the format requires packs to be
+//! stored before any index names them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
