@@ -54,31 +54,53 @@ impl Chunker {
 
     /// The next chunk of `reader`, or `None` at its end. The same reader must be passed until
     /// `None` is returned (or [`Chunker::reset`] is called). An interrupted read is retried.
+    ///
+    /// A cut depends only on the bytes before it, so a boundary found in what is buffered is
+    /// final; the buffer is compacted and refilled only when the buffered rest holds none.
+    /// This moves each byte about once per [`MAX_SIZE`] of input instead of once per chunk.
     pub fn next_chunk<R: Read>(&mut self, reader: &mut R) -> io::Result<Option<&[u8]>> {
-        if self.end - self.start < MAX_SIZE && !self.eof {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            while self.end < MAX_SIZE {
-                match reader.read(&mut self.buf[self.end..]) {
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(n) => self.end += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        let buffered = self.end - self.start;
+        if buffered < MAX_SIZE && !self.eof {
+            if buffered > MIN_SIZE {
+                let len = cut_point(&self.buf[self.start..self.end]);
+                if len < buffered {
+                    return Ok(Some(self.take(len)));
                 }
             }
+            self.fill(reader)?;
         }
         if self.start == self.end {
             return Ok(None);
         }
-        let avail = &self.buf[self.start..self.end];
-        let len = cut_point(avail);
+        let len = cut_point(&self.buf[self.start..self.end]);
+        Ok(Some(self.take(len)))
+    }
+
+    /// Hands out the next `len` buffered bytes.
+    fn take(&mut self, len: usize) -> &[u8] {
         let chunk = &self.buf[self.start..self.start + len];
         self.start += len;
-        Ok(Some(chunk))
+        chunk
+    }
+
+    /// Moves the buffered rest to the front and reads until the buffer is full or the stream
+    /// ends.
+    fn fill<R: Read>(&mut self, reader: &mut R) -> io::Result<()> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        while self.end < MAX_SIZE {
+            match reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,5 +228,39 @@ mod tests {
         }
         let direct: Vec<usize> = chunks_of(&data).iter().map(|c| c.len()).collect();
         assert_eq!(lens, direct);
+    }
+
+    /// The cuts when every cut is looked for in the whole rest of the stream (up to
+    /// [`MAX_SIZE`]): what the buffered chunker must reproduce.
+    fn reference_cuts(data: &[u8]) -> Vec<usize> {
+        let mut lens = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let len = cut_point(&data[pos..(pos + MAX_SIZE).min(data.len())]);
+            lens.push(len);
+            pos += len;
+        }
+        lens
+    }
+
+    #[test]
+    fn cuts_found_in_a_partly_filled_buffer_are_the_cuts_of_the_whole_stream() {
+        // Random stretches cut often; long zero runs reach MAX_SIZE without a boundary, so
+        // refills happen at every position relative to the cuts.
+        let mut data = pseudo_random(9 * 1024 * 1024 + 17, 11);
+        data.extend(std::iter::repeat_n(0u8, 11 * 1024 * 1024 + 5));
+        data.extend(pseudo_random(5 * 1024 * 1024 + 999, 12));
+        data.extend(std::iter::repeat_n(7u8, 700 * 1024));
+        data.extend(pseudo_random(23 * 1024 * 1024 + 1, 13));
+        let expected = reference_cuts(&data);
+        let direct: Vec<usize> = chunks_of(&data).iter().map(|c| c.len()).collect();
+        assert_eq!(direct, expected);
+        let mut c = Chunker::new();
+        let mut r = Trickle(&data);
+        let mut lens = Vec::new();
+        while let Some(ch) = c.next_chunk(&mut r).unwrap() {
+            lens.push(ch.len());
+        }
+        assert_eq!(lens, expected);
     }
 }
