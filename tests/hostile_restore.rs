@@ -21,6 +21,7 @@ use ferry::filemode::{MODE_DIR, MODE_SYMLINK};
 use ferry::id::{BlobId, BlobType, Id, TreeId};
 use ferry::node::{Node, NodeType, Timestamp};
 use ferry::repository::pack_saver::PackSaver;
+use ferry::repository::write_gate::WriteGate;
 use ferry::repository::{BlobCodec, Repository};
 use ferry::snapshot::Snapshot;
 
@@ -238,7 +239,7 @@ impl Crafter {
         let pending = std::mem::take(&mut self.pending);
         let repo = Arc::clone(&self.repo);
         let id = self.rt.block_on(async move {
-            let saver = PackSaver::start(Arc::clone(&repo), 1);
+            let saver = PackSaver::start(Arc::clone(&repo), 1, WriteGate::opened());
             let sender = saver.sender();
             let mut codec = BlobCodec::new();
             for (blob_type, id, plaintext) in pending {

@@ -459,11 +459,23 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
     sb.init_with_restic();
     let id = sb.restic_backup(&src);
     let prune = GatedPrune::start(&sb);
+    // ferry cuts other chunks than restic, so a snapshot that got through would add packs.
+    // The pipeline runs while the lock is being taken; its writes must wait for the lock.
+    let packs = sb.repo_files("data");
+    let nothing_written = |when: &str| {
+        assert_eq!(sb.repo_files("data"), packs, "no pack was stored {when}");
+        assert_eq!(
+            sb.repo_files("index").len(),
+            1,
+            "no index was stored {when}"
+        );
+    };
 
     // restic's default: no wait.
     let started = Instant::now();
     let run = common::run_ferry(snapshot_cmd(&sb, &src, &[])).code(EXIT_LOCKED);
     assert_names_exclusive_holder(&run, prune.pid());
+    nothing_written("without a wait");
     eprintln!("no wait: exit 11 after {:?}", started.elapsed());
 
     // A bound from the environment: it waits, says so naming the holder, then gives up.
@@ -479,6 +491,8 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
         waited >= Duration::from_secs(2),
         "it waited its bound: {waited:?}"
     );
+    // Its pipeline read and sealed everything long before it gave up.
+    nothing_written("after waiting");
     eprintln!("FERRY_RETRY_LOCK=2s: exit 11 after {waited:?}");
 
     // The flag, on a restore too.

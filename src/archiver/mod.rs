@@ -14,7 +14,8 @@
 //! saver holds. Deduplication is two-level: the repository index, then a set of blobs claimed
 //! by this run, so that each new blob is compressed and stored exactly once. After the last
 //! pack is stored the index is written, then the snapshot: the order restic's format requires.
-//! A non-exclusive lock is held from start to end.
+//! A non-exclusive lock is held from the first write to the end; it is taken while the
+//! pipeline starts, and writes wait at a [`WriteGate`] until it is held.
 
 mod blob_saver;
 mod file_saver;
@@ -33,7 +34,9 @@ use crate::crypto::Key;
 use crate::fsmeta::{NameCache, ReadOptions};
 use crate::host;
 use crate::id::{BlobId, BlobType, Id, SnapshotId, TreeId};
+use crate::repository::lock::LockGuard;
 use crate::repository::pack_saver::{BlobSender, PackSaver};
+use crate::repository::write_gate::{self, WriteGate};
 use crate::repository::{BlobCodec, Compression, RepoError, Repository};
 use crate::snapshot::{Snapshot, SnapshotSummary};
 use crate::tree::Tree;
@@ -236,21 +239,56 @@ pub async fn snapshot(
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    let lock = repo.lock(false).await?;
-    let result = match repo.check_index_current().await {
-        Ok(()) => run_snapshot(&repo, &opts, stats).await,
-        Err(e) => Err(e.into()),
+    // The lock is taken while the pipeline starts: restic's protocol spends 200 ms between
+    // writing a lock and trusting it, and nothing before the first write needs it. Writes
+    // wait at the gate; if the lock fails, the pipeline is cancelled and its error reported.
+    let mut opts = opts;
+    opts.cancel = opts.cancel.child_token();
+    let (opener, gate) = write_gate::channel();
+    let locking = {
+        let repo = Arc::clone(&repo);
+        let cancel = opts.cancel.clone();
+        tokio::spawn(async move {
+            let locked = take_lock(&repo).await;
+            match locked {
+                Ok(_) => opener.open(),
+                Err(_) => {
+                    drop(opener);
+                    cancel.cancel();
+                }
+            }
+            locked
+        })
     };
+    let result = run_snapshot(&repo, &opts, stats, gate).await;
+    let lock = locking
+        .await
+        .map_err(|e| RepoError::Task(format!("take the repository lock: {e}")))??;
     let released = lock.release().await;
     let outcome = result?;
     released?;
     Ok(outcome)
 }
 
+/// Takes a non-exclusive lock and checks, under it, that the index loaded at open is still
+/// the repository's (no prune ran in between).
+async fn take_lock(repo: &Arc<Repository>) -> Result<LockGuard, RepoError> {
+    let lock = repo.lock(false).await?;
+    match repo.check_index_current().await {
+        Ok(()) => Ok(lock),
+        Err(e) => {
+            let _ = lock.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the pipeline and stores the index and snapshot files; every write waits at `gate`.
 async fn run_snapshot(
     repo: &Arc<Repository>,
     opts: &SnapshotOptions,
     stats: Arc<Stats>,
+    gate: WriteGate,
 ) -> Result<SnapshotOutcome, ArchiveError> {
     let start = host::now_text();
     let workers = if opts.workers == 0 {
@@ -258,7 +296,7 @@ async fn run_snapshot(
     } else {
         opts.workers
     };
-    let saver = PackSaver::start(Arc::clone(repo), opts.connections);
+    let saver = PackSaver::start(Arc::clone(repo), opts.connections, gate.clone());
     let saver_stats = saver.stats();
     let shared = Arc::new(Shared {
         key: repo.key().clone(),
@@ -329,6 +367,11 @@ async fn run_snapshot(
             reason: "the root tree was not produced".into(),
         });
     };
+    if gate.wait().await.is_err() {
+        return Err(ArchiveError::Cancelled {
+            path: opts.source.display().to_string(),
+        });
+    }
     repo.save_index(packs).await?;
     let s = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let summary = SnapshotSummary {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod lock;
 pub mod pack_saver;
 pub mod packer;
+pub mod write_gate;
 
 use std::sync::Arc;
 

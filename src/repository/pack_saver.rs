@@ -6,6 +6,7 @@
 //! the packer hands over a finished pack only when fewer than `connections` are queued or
 //! uploading, so at most `BLOB_QUEUE` sealed blobs, two open packs, one finished pack waiting
 //! in the packer and `connections` queued or uploading packs are in memory.
+//! No pack is taken for upload before the saver's [`WriteGate`] opens (the lock is held).
 //! [`PackSaver::finish`] flushes the open packs and returns the index entries of every stored
 //! pack; writing the index is the caller's next step, because the format requires packs to be
 //! stored before any index names them.
@@ -21,6 +22,7 @@ use crate::id::BlobType;
 use crate::index::IndexPack;
 
 use super::packer::{FinishedPack, Packer};
+use super::write_gate::WriteGate;
 use super::{RepoError, Repository, SealedBlob};
 
 /// Sealed blobs waiting for the packer.
@@ -68,8 +70,9 @@ pub struct PackSaver {
 }
 
 impl PackSaver {
-    /// Starts the packer thread and the upload task (on the current tokio runtime).
-    pub fn start(repo: Arc<Repository>, connections: usize) -> PackSaver {
+    /// Starts the packer thread and the upload task (on the current tokio runtime). Each
+    /// upload waits at `gate` first; if the gate closes, uploads fail and store nothing.
+    pub fn start(repo: Arc<Repository>, connections: usize, gate: WriteGate) -> PackSaver {
         let (tx, rx) = crossbeam_channel::bounded::<(BlobType, SealedBlob)>(BLOB_QUEUE);
         let (up_tx, up_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
         let connections = connections.max(1);
@@ -91,6 +94,7 @@ impl PackSaver {
             up_rx,
             token_tx,
             connections,
+            gate,
             Arc::clone(&stats),
         ));
         PackSaver {
@@ -175,8 +179,14 @@ async fn upload_loop(
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
     tokens: crossbeam_channel::Sender<()>,
     connections: usize,
+    gate: WriteGate,
     stats: Arc<SaverStats>,
 ) -> Result<Vec<IndexPack>, RepoError> {
+    // Until the gate opens, finished packs wait in the channel and in the packer, which then
+    // stops taking blobs: two packs in memory rather than `connections` + 1.
+    if let Err(closed) = gate.wait().await {
+        return Err(RepoError::Task(format!("store packs: {closed}")));
+    }
     let mut running = tokio::task::JoinSet::new();
     let mut stored = Vec::new();
     loop {
