@@ -26,7 +26,10 @@
 //! uploads are measured: this is the CPU work per byte, not a snapshot.
 //!
 //! How to run: `cargo bench --bench micro`. `FERRY_MICRO_MIB` (default 256) sets the buffer size
-//! in MiB and `FERRY_MICRO_RUNS` (default 5) the number of timed runs. The buffer is the same on
+//! in MiB and `FERRY_MICRO_RUNS` (default 5) the number of timed runs. `FERRY_MICRO_DATA=DIR`
+//! measures the regular files under `DIR` instead (read into memory, each file chunked on its
+//! own as a snapshot chunks it), so that the floor of a `benches/compare` dataset is measured
+//! on the very bytes the end-to-end snapshot reads. The buffer is the same on
 //! every machine: alternating segments of pseudo-random bytes (incompressible) and text-like
 //! lines (words of a small vocabulary and numbers, which zstd shrinks about as it shrinks
 //! prose), half of each. Progress goes to stderr. Without the `--bench` argument that
@@ -90,10 +93,33 @@ fn main() {
     let runs = env_positive("FERRY_MICRO_RUNS", DEFAULT_RUNS);
     let cpu = Cpu::read();
 
-    eprintln!("micro: generating {mib} MiB of mixed data");
-    let data = generate(mib << 20, SEED);
+    let (data, files, what) = match std::env::var_os("FERRY_MICRO_DATA") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            eprintln!("micro: reading the files under {}", dir.display());
+            let (data, files) = read_tree(&dir);
+            let what = format!(
+                "{} ({} files, {:.1} MiB)",
+                dir.display(),
+                files.len(),
+                data.len() as f64 / MIB
+            );
+            (data, files, what)
+        }
+        None => {
+            eprintln!("micro: generating {mib} MiB of mixed data");
+            let data = generate(mib << 20, SEED);
+            let whole: Range<usize> = 0..data.len();
+            let files = std::iter::once(whole).collect();
+            (
+                data,
+                files,
+                format!("{mib} MiB, half pseudo-random and half text"),
+            )
+        }
+    };
     eprintln!("micro: preparing and checking every stage's input once");
-    let input = Input::prepare(&data);
+    let input = Input::prepare(&data, files);
 
     let mut stages = vec![
         chunking(&input),
@@ -110,7 +136,42 @@ fn main() {
         pipeline(&input),
     ];
     run_all(&mut stages, runs);
-    report(&cpu, mib, runs, &input, &stages);
+    report(&cpu, &what, runs, &input, &stages);
+}
+
+/// The regular files under `dir` (symbolic links not followed), in path order, read into one
+/// buffer, and where each lies in it.
+fn read_tree(dir: &std::path::Path) -> (Vec<u8>, Vec<Range<usize>>) {
+    let mut paths = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = std::fs::read_dir(&d).unwrap_or_else(|e| {
+            eprintln!("micro: list {}: {e}", d.display());
+            std::process::exit(2);
+        });
+        for entry in entries {
+            let entry = entry.expect("a directory entry");
+            let kind = entry.file_type().expect("an entry's type");
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                paths.push(entry.path());
+            }
+        }
+    }
+    paths.sort();
+    let mut data = Vec::new();
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let start = data.len();
+        let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
+            eprintln!("micro: open {}: {e}", path.display());
+            std::process::exit(2);
+        });
+        std::io::Read::read_to_end(&mut f, &mut data).expect("reading a file");
+        files.push(start..data.len());
+    }
+    (data, files)
 }
 
 /// A positive integer from the environment, or `default` when unset; anything else ends the
@@ -251,6 +312,9 @@ fn fill_text(out: &mut Vec<u8>, end: usize, rng: &mut Rng) {
 /// Every stage's input, made and checked once before anything is timed.
 struct Input<'a> {
     data: &'a [u8],
+    /// Where each file lies in `data` (one range for the generated buffer); each is chunked on
+    /// its own.
+    files: Vec<Range<usize>>,
     key: Key,
     /// Where each chunk lies in `data`.
     chunks: Vec<Range<usize>>,
@@ -266,9 +330,17 @@ struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    fn prepare(data: &'a [u8]) -> Input<'a> {
+    fn prepare(data: &'a [u8], files: Vec<Range<usize>>) -> Input<'a> {
         let key = Key::random();
-        let chunks = cut(data);
+        let chunks: Vec<Range<usize>> = files
+            .iter()
+            .flat_map(|file| {
+                let at = file.start;
+                cut(&data[file.clone()])
+                    .into_iter()
+                    .map(move |r| r.start + at..r.end + at)
+            })
+            .collect();
         let ids: Vec<Id> = chunks.iter().map(|r| Id::hash(&data[r.clone()])).collect();
 
         let mut compressor = blob_compressor();
@@ -304,6 +376,7 @@ impl<'a> Input<'a> {
         let pack_sizes = check_packs(&key, &blobs, &ids);
         Input {
             data,
+            files,
             key,
             chunks,
             ids,
@@ -524,13 +597,15 @@ fn run_all(stages: &mut [Stage], runs: usize) {
 fn chunking<'a>(input: &'a Input) -> Stage<'a> {
     let mut chunker = Chunker::new();
     let run = move || {
-        chunker.reset();
         timed(|| {
-            let mut reader = input.data;
             let mut count = 0usize;
-            while let Some(chunk) = chunker.next_chunk(&mut reader).expect("reading a slice") {
-                black_box(chunk);
-                count += 1;
+            for file in &input.files {
+                chunker.reset();
+                let mut reader = &input.data[file.clone()];
+                while let Some(chunk) = chunker.next_chunk(&mut reader).expect("reading a slice") {
+                    black_box(chunk);
+                    count += 1;
+                }
             }
             count
         })
@@ -737,23 +812,25 @@ fn pipeline<'a>(input: &'a Input) -> Stage<'a> {
     let mut chunker = Chunker::new();
     let mut codec = BlobCodec::new();
     let run = move || {
-        chunker.reset();
         timed(|| {
-            let mut reader = input.data;
             let mut packer = Packer::new(BlobType::Data);
             let mut packs = 0usize;
-            while let Some(chunk) = chunker.next_chunk(&mut reader).expect("reading a slice") {
-                // The file saver checks for an all-zero chunk before hashing; there are none here.
-                black_box(chunker::is_zero(chunk));
-                let id = Id::hash(chunk);
-                let data = chunk.to_vec();
-                let blob = codec
-                    .seal(&input.key, id, &data, Compression::default())
-                    .expect("BlobCodec seals a chunk");
-                packer.add(&blob);
-                if packer.is_full() {
-                    black_box(packer.finish(&input.key));
-                    packs += 1;
+            for file in &input.files {
+                chunker.reset();
+                let mut reader = &input.data[file.clone()];
+                while let Some(chunk) = chunker.next_chunk(&mut reader).expect("reading a slice") {
+                    // The file saver checks for an all-zero chunk before hashing.
+                    black_box(chunker::is_zero(chunk));
+                    let id = Id::hash(chunk);
+                    let data = chunk.to_vec();
+                    let blob = codec
+                        .seal(&input.key, id, &data, Compression::default())
+                        .expect("BlobCodec seals a chunk");
+                    packer.add(&blob);
+                    if packer.is_full() {
+                        black_box(packer.finish(&input.key));
+                        packs += 1;
+                    }
                 }
             }
             if !packer.is_empty() {
@@ -771,7 +848,7 @@ fn pipeline<'a>(input: &'a Input) -> Stage<'a> {
 // ---------------------------------------------------------------------------------------------
 // The report.
 
-fn report(cpu: &Cpu, mib: usize, runs: usize, input: &Input, rows: &[Stage]) {
+fn report(cpu: &Cpu, what: &str, runs: usize, input: &Input, rows: &[Stage]) {
     let yes_no = |flag: &str| if cpu.has(flag) { "yes" } else { "no" };
     println!("# ferry micro-benchmarks");
     println!();
@@ -786,7 +863,7 @@ fn report(cpu: &Cpu, mib: usize, runs: usize, input: &Input, rows: &[Stage]) {
         yes_no("avx512f")
     );
     println!(
-        "Input: {mib} MiB, half pseudo-random and half text; {} chunks; zstd level {DEFAULT_LEVEL} \
+        "Input: {what}; {} chunks; zstd level {DEFAULT_LEVEL} \
          to {:.1} MiB. Median of {runs} runs after one warm-up, single thread.",
         input.chunks.len(),
         input.compressed_bytes() as f64 / MIB

@@ -199,6 +199,31 @@ impl Key {
         Ok(ct)
     }
 
+    /// Whether `sealed` is authentic and decrypts to exactly `expected`, without a copy of
+    /// the envelope: the MAC is checked first, then the ciphertext is decrypted 16 KiB at a
+    /// time into a small buffer and compared. Sealing's self-check uses it.
+    ///
+    /// # Errors
+    /// As [`Key::open`].
+    pub fn opens_to(&self, sealed: &[u8], expected: &[u8]) -> Result<bool, CryptoError> {
+        const PIECE: usize = 16 * 1024;
+        let (iv, ct) = self.verify(sealed)?;
+        if ct.len() != expected.len() {
+            return Ok(false);
+        }
+        let mut cipher = self.ctr(iv);
+        let mut buf = [0u8; PIECE];
+        for (c, e) in ct.chunks(PIECE).zip(expected.chunks(PIECE)) {
+            let out = &mut buf[..c.len()];
+            out.copy_from_slice(c);
+            cipher.apply_keystream(out);
+            if out != e {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The master key JSON restic stores (encrypted) in key files:
     /// `{"mac":{"k":"<b64>","r":"<b64>"},"encrypt":"<b64>"}`, standard base64 with padding.
     ///
@@ -464,6 +489,40 @@ mod tests {
             Key::random().open(&sealed),
             Err(CryptoError::Unauthenticated)
         ));
+    }
+
+    #[test]
+    fn opens_to_compares_without_a_copy() {
+        let key = Key::random();
+        for len in [0usize, 1, 16 * 1024 - 1, 16 * 1024, 40_000, 100_003] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let sealed = key.seal(&plain);
+            assert!(key.opens_to(&sealed, &plain).unwrap(), "{len} bytes");
+            if len > 0 {
+                let mut other = plain.clone();
+                other[len - 1] ^= 1;
+                assert!(
+                    !key.opens_to(&sealed, &other).unwrap(),
+                    "last byte of {len}"
+                );
+                other[len - 1] ^= 1;
+                other[0] ^= 0x80;
+                assert!(
+                    !key.opens_to(&sealed, &other).unwrap(),
+                    "first byte of {len}"
+                );
+            }
+            assert!(
+                !key.opens_to(&sealed, &[plain.as_slice(), b"x"].concat())
+                    .unwrap()
+            );
+            let mut bad = sealed.clone();
+            bad[IV_LEN] ^= 1;
+            assert!(matches!(
+                key.opens_to(&bad, &plain),
+                Err(CryptoError::Unauthenticated)
+            ));
+        }
     }
 
     #[test]

@@ -119,10 +119,9 @@ fn read_file(
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let id = zero_ids.id(chunk);
         if shared.claim(BlobType::Data, id) {
-            let sent = chunks.send(NewChunk {
-                id,
-                data: chunk.to_vec(),
-            });
+            let mut data = shared.chunk_buffers.take();
+            data.extend_from_slice(chunk);
+            let sent = chunks.send(NewChunk { id, data });
             if sent.is_err() {
                 return Err(io::Error::other("pipeline stopped"));
             }

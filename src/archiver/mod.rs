@@ -34,6 +34,7 @@ use crate::crypto::Key;
 use crate::fsmeta::{NameCache, ReadOptions};
 use crate::host;
 use crate::id::{BlobId, BlobType, Id, SnapshotId, TreeId};
+use crate::repository::buffer_pool::BufferPool;
 use crate::repository::lock::LockGuard;
 use crate::repository::pack_saver::{BlobSender, PackSaver};
 use crate::repository::write_gate::{self, WriteGate};
@@ -117,6 +118,9 @@ pub struct NewChunk {
     pub data: Vec<u8>,
 }
 
+/// Chunk buffers are kept with at most this capacity (chunks average 1 MiB).
+const CHUNK_BUFFER_MAX: usize = 2 << 20;
+
 /// What every stage shares.
 pub struct Shared {
     key: Key,
@@ -125,6 +129,8 @@ pub struct Shared {
     handle: tokio::runtime::Handle,
     seen: Mutex<HashSet<(BlobType, Id)>>,
     saver: BlobSender,
+    /// Chunk copies the blob savers are done with, for the file workers to fill again.
+    chunk_buffers: BufferPool,
     names: NameCache,
     read_opts: ReadOptions,
     stats: Arc<Stats>,
@@ -305,6 +311,8 @@ async fn run_snapshot(
         handle: tokio::runtime::Handle::current(),
         seen: Mutex::new(HashSet::new()),
         saver: saver.sender(),
+        // A chunk buffer is held by a file worker, queued, or being sealed: 3 per worker.
+        chunk_buffers: BufferPool::new(3 * workers, CHUNK_BUFFER_MAX),
         names: NameCache::new(),
         read_opts: opts.read_options.clone(),
         stats,

@@ -65,9 +65,11 @@ impl std::fmt::Display for Compression {
     }
 }
 
-/// The largest buffer a codec keeps between blobs: room for a largest data chunk (8 MiB)
-/// plus zstd's worst-case growth.
-const KEEP_BUFFER: usize = 9 << 20;
+/// The capacity a codec's buffers keep between blobs: twice the average data chunk. Larger
+/// ones are shrunk back after the blob (glibc remaps large blocks in place, so nothing is
+/// copied): keeping room for the largest chunk would hold 8 MiB per buffer and thread for
+/// the rare chunk that needs it.
+const KEEP_BUFFER: usize = 2 << 20;
 
 /// A blob ready to go into a pack.
 #[derive(Debug)]
@@ -166,9 +168,8 @@ pub struct BlobCodec {
     decompressor: zstd::bulk::Decompressor<'static>,
     /// The compressed payload of the blob being sealed.
     scratch: Vec<u8>,
-    /// The self-check's copy of the sealed bytes, then of the decompressed plaintext; kept
+    /// The self-check's decompressed plaintext (and [`BlobCodec::open_borrowed`]'s); kept
     /// between blobs so that each check does not fault in fresh pages.
-    check: Vec<u8>,
     check_out: Vec<u8>,
 }
 
@@ -186,7 +187,6 @@ impl BlobCodec {
             level: DEFAULT_LEVEL,
             decompressor: zstd::bulk::Decompressor::new().expect("zstd decompressor"),
             scratch: Vec::new(),
-            check: Vec::new(),
             check_out: Vec::new(),
         }
     }
@@ -199,6 +199,19 @@ impl BlobCodec {
         id: Id,
         plaintext: &[u8],
         compression: Compression,
+    ) -> Result<SealedBlob, BlobError> {
+        self.seal_into(key, id, plaintext, compression, Vec::new())
+    }
+
+    /// As [`BlobCodec::seal`], writing the sealed bytes into `out` (cleared first), a buffer
+    /// given back by a later stage, so that its pages are reused rather than mapped afresh.
+    pub fn seal_into(
+        &mut self,
+        key: &Key,
+        id: Id,
+        plaintext: &[u8],
+        compression: Compression,
+        out: Vec<u8>,
     ) -> Result<SealedBlob, BlobError> {
         let level = match compression {
             Compression::Zstd(level) if !plaintext.is_empty() => Some(level),
@@ -235,7 +248,9 @@ impl BlobCodec {
         } else {
             plaintext
         };
-        let mut bytes = Vec::with_capacity(payload.len() + crypto::EXTENSION);
+        let mut bytes = out;
+        bytes.clear();
+        bytes.reserve_exact(payload.len() + crypto::EXTENSION);
         key.seal_append(payload, &mut bytes);
         let checked = self.verify(key, id, &bytes, uncompressed_length, plaintext);
         self.trim();
@@ -247,17 +262,21 @@ impl BlobCodec {
         })
     }
 
-    /// Gives back buffers grown past [`KEEP_BUFFER`] by one huge blob (the tree of a
-    /// directory with a million entries is hundreds of MiB), so that a thread's codec does not
-    /// hold them for the rest of the run.
+    /// Shrinks buffers grown past [`KEEP_BUFFER`] by a large blob (the tree of a directory
+    /// with a million entries is hundreds of MiB), so that a thread's codec does not hold them
+    /// for the rest of the run.
     fn trim(&mut self) {
-        for buf in [&mut self.scratch, &mut self.check, &mut self.check_out] {
+        for buf in [&mut self.scratch, &mut self.check_out] {
             if buf.capacity() > KEEP_BUFFER {
-                *buf = Vec::new();
+                buf.clear();
+                buf.shrink_to(KEEP_BUFFER);
             }
         }
     }
 
+    /// The self-check: `sealed` must open to the payload that was encrypted (`self.scratch`
+    /// when compressed, else `plaintext`), and a compressed payload must decompress to
+    /// `plaintext`. Together that is what opening the blob later does.
     fn verify(
         &mut self,
         key: &Key,
@@ -266,39 +285,31 @@ impl BlobCodec {
         uncompressed_length: u32,
         plaintext: &[u8],
     ) -> Result<(), BlobError> {
-        self.check.clear();
-        self.check.extend_from_slice(sealed);
-        let opened = key
-            .open_in_place(&mut self.check)
-            .map_err(|e| BlobError::SelfCheck {
-                id,
-                reason: e.to_string(),
-            })?;
-        let same = if uncompressed_length as usize > STREAMED_CHECK_ABOVE {
-            decompressed_equals(opened, plaintext).map_err(|e| BlobError::SelfCheck {
-                id,
-                reason: e.to_string(),
-            })?
-        } else if uncompressed_length != 0 {
-            self.check_out.clear();
-            self.check_out.reserve(uncompressed_length as usize);
-            self.decompressor
-                .decompress_to_buffer(opened, &mut self.check_out)
-                .map_err(|e| BlobError::SelfCheck {
-                    id,
-                    reason: e.to_string(),
-                })?;
-            self.check_out == plaintext
+        let fail = |reason: String| BlobError::SelfCheck { id, reason };
+        let payload: &[u8] = if uncompressed_length != 0 {
+            &self.scratch
         } else {
-            &*opened == plaintext
+            plaintext
         };
+        let same = key
+            .opens_to(sealed, payload)
+            .map_err(|e| fail(e.to_string()))?
+            && if uncompressed_length == 0 {
+                true
+            } else if uncompressed_length as usize > STREAMED_CHECK_ABOVE {
+                decompressed_equals(payload, plaintext).map_err(|e| fail(e.to_string()))?
+            } else {
+                self.check_out.clear();
+                self.check_out.reserve(uncompressed_length as usize);
+                self.decompressor
+                    .decompress_to_buffer(payload, &mut self.check_out)
+                    .map_err(|e| fail(e.to_string()))?;
+                self.check_out == plaintext
+            };
         if same {
             Ok(())
         } else {
-            Err(BlobError::SelfCheck {
-                id,
-                reason: "opened bytes differ from the input".into(),
-            })
+            Err(fail("opened bytes differ from the input".into()))
         }
     }
 
@@ -396,6 +407,43 @@ mod tests {
                 assert_eq!(back, data);
             }
         }
+    }
+
+    #[test]
+    fn the_self_check_catches_a_wrong_envelope_or_a_wrong_frame() {
+        let key = Key::random();
+        let mut codec = BlobCodec::new();
+        let a = vec![b'a'; 300_000];
+        let b = vec![b'b'; 300_000];
+        let (ida, idb) = (Id::hash(&a), Id::hash(&b));
+        let sealed_b = codec.seal(&key, idb, &b, Compression::default()).unwrap();
+        // Sealing `a` leaves its frame in the codec's scratch buffer, as during a real seal.
+        let sealed_a = codec.seal(&key, ida, &a, Compression::default()).unwrap();
+        let len = sealed_a.uncompressed_length;
+        codec.verify(&key, ida, &sealed_a.bytes, len, &a).unwrap();
+        // An envelope that does not hold the frame just made.
+        let err = codec
+            .verify(&key, ida, &sealed_b.bytes, len, &a)
+            .unwrap_err();
+        assert!(matches!(err, BlobError::SelfCheck { .. }), "{err}");
+        // A damaged envelope.
+        let mut bad = sealed_a.bytes.clone();
+        bad[40] ^= 4;
+        let err = codec.verify(&key, ida, &bad, len, &a).unwrap_err();
+        assert!(matches!(err, BlobError::SelfCheck { .. }), "{err}");
+        // A frame that does not decompress to the input.
+        let mut other = a.clone();
+        other[123_456] = b'z';
+        let err = codec
+            .verify(&key, ida, &sealed_a.bytes, len, &other)
+            .unwrap_err();
+        assert!(matches!(err, BlobError::SelfCheck { .. }), "{err}");
+        // Uncompressed blobs are compared with the input itself.
+        let plain = codec.seal(&key, ida, &a, Compression::Off).unwrap();
+        let err = codec
+            .verify(&key, ida, &plain.bytes, 0, &other)
+            .unwrap_err();
+        assert!(matches!(err, BlobError::SelfCheck { .. }), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the stored bytes) and every blob against its id, as restic does.
 
 pub mod blob;
+pub mod buffer_pool;
 pub mod error;
 pub mod lock;
 pub mod pack_saver;

@@ -2,10 +2,14 @@
 //!
 //! A [`PackSaver`] runs one packer thread that appends sealed blobs to one open pack per blob
 //! type (data and tree blobs never share a pack), and one tokio task that stores finished packs
-//! with at most `connections` uploads at once. Producers send through a bounded channel, and
-//! the packer hands over a finished pack only when fewer than `connections` are queued or
-//! uploading, so at most `BLOB_QUEUE` sealed blobs, two open packs, one finished pack waiting
-//! in the packer and `connections` queued or uploading packs are in memory.
+//! with at most `connections` uploads at once. Producers send through a bounded channel.
+//! Data packs are assembled in a fixed set of `max(connections, 2)` buffers: the packer takes
+//! one to start a pack, it travels with the pack to the upload, and comes back when the pack
+//! is stored; a tree pack (small) takes a slot only while it is queued or uploading. So at
+//! most `BLOB_QUEUE` sealed blobs, that many data packs (open, queued or uploading) and one
+//! tree pack are in memory, and steady work maps no fresh pages for packs. Likewise the
+//! packer gives each sealed blob's buffer to a pool the blob savers seal into
+//! ([`BlobSender::buffer`]).
 //! No pack is taken for upload before the saver's [`WriteGate`] opens (the lock is held).
 //! [`PackSaver::finish`] flushes the open packs and returns the index entries of every stored
 //! pack; writing the index is the caller's next step, because the format requires packs to be
@@ -21,6 +25,7 @@ use crate::crypto;
 use crate::id::BlobType;
 use crate::index::IndexPack;
 
+use super::buffer_pool::BufferPool;
 use super::packer::{FinishedPack, Packer};
 use super::write_gate::WriteGate;
 use super::{RepoError, Repository, SealedBlob};
@@ -43,10 +48,18 @@ pub struct SaverStats {
     pub packs: AtomicU64,
 }
 
+/// Sealed blobs' buffers the packer is done with: the blobs queued, one per blob saver and a
+/// few spare.
+const BLOB_BUFFERS_KEPT: usize = BLOB_QUEUE + 4;
+
+/// Blob buffers are kept with at most this capacity (chunks average 1 MiB).
+const BLOB_BUFFER_MAX: usize = 2 << 20;
+
 /// The sending side of a [`PackSaver`]; cheap to clone.
 #[derive(Clone)]
 pub struct BlobSender {
     tx: crossbeam_channel::Sender<(BlobType, SealedBlob)>,
+    buffers: Arc<BufferPool>,
 }
 
 /// The saver has stopped (an upload failed); the pipeline should stop too.
@@ -58,6 +71,12 @@ impl BlobSender {
     /// Queues a sealed blob, waiting while the queue is full.
     pub fn send(&self, blob_type: BlobType, blob: SealedBlob) -> Result<(), SaverClosed> {
         self.tx.send((blob_type, blob)).map_err(|_| SaverClosed)
+    }
+
+    /// An empty buffer to seal the next blob into ([`super::BlobCodec::seal_into`]): one
+    /// whose blob the packer has copied into a pack, when there is one.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.buffers.take()
     }
 }
 
@@ -76,18 +95,22 @@ impl PackSaver {
         let (tx, rx) = crossbeam_channel::bounded::<(BlobType, SealedBlob)>(BLOB_QUEUE);
         let (up_tx, up_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
         let connections = connections.max(1);
-        // One token per pack queued or uploading: the packer takes one before handing a pack
-        // over, the upload gives it back when the pack is stored (or failed).
-        let (token_tx, token_rx) = crossbeam_channel::bounded::<()>(connections);
-        for _ in 0..connections {
-            let _ = token_tx.try_send(());
+        // One token per pack in memory: a data pack takes one when it starts, a tree pack
+        // when it is handed over, and the upload gives it back when the pack is stored (or
+        // failed). A token carries the stored pack's buffer for the next data pack.
+        let slots = connections.max(2);
+        let (token_tx, token_rx) = crossbeam_channel::bounded::<Vec<u8>>(slots);
+        for _ in 0..slots {
+            let _ = token_tx.try_send(Vec::new());
         }
+        let buffers = Arc::new(BufferPool::new(BLOB_BUFFERS_KEPT, BLOB_BUFFER_MAX));
         let stats = Arc::new(SaverStats::default());
         let key = repo.key().clone();
         let st = Arc::clone(&stats);
+        let pool = Arc::clone(&buffers);
         let thread = std::thread::Builder::new()
             .name("ferry-packer".into())
-            .spawn(move || pack_loop(&key, rx, up_tx, token_rx, &st))
+            .spawn(move || pack_loop(&key, rx, up_tx, token_rx, &pool, &st))
             .expect("spawn packer thread");
         let uploader = tokio::spawn(upload_loop(
             repo,
@@ -98,7 +121,7 @@ impl PackSaver {
             Arc::clone(&stats),
         ));
         PackSaver {
-            sender: Some(BlobSender { tx }),
+            sender: Some(BlobSender { tx, buffers }),
             thread: Some(thread),
             uploader,
             stats,
@@ -135,11 +158,20 @@ fn pack_loop(
     key: &crypto::Key,
     rx: crossbeam_channel::Receiver<(BlobType, SealedBlob)>,
     up_tx: tokio::sync::mpsc::Sender<FinishedPack>,
-    tokens: crossbeam_channel::Receiver<()>,
+    tokens: crossbeam_channel::Receiver<Vec<u8>>,
+    buffers: &BufferPool,
     stats: &SaverStats,
 ) {
-    // Waits for a free upload slot, then hands the pack over; false when the uploader is gone.
-    let hand_over = |pack: FinishedPack| tokens.recv().is_ok() && up_tx.blocking_send(pack).is_ok();
+    // Hands a finished pack over, with its slot; false when the uploader is gone. A data pack
+    // holds its slot from its first blob on; a tree pack takes one here (its buffer is
+    // dropped: a data pack's would keep ~16 MiB resident for a small tree pack).
+    let hand_over = |packer: &mut Packer| {
+        let pack = packer.finish(key);
+        if packer.blob_type() == BlobType::Tree && tokens.recv().is_err() {
+            return false;
+        }
+        up_tx.blocking_send(pack).is_ok()
+    };
     let mut data = Packer::new(BlobType::Data);
     let mut tree = Packer::new(BlobType::Tree);
     for (blob_type, blob) in rx.iter() {
@@ -155,6 +187,11 @@ fn pack_loop(
         let packer = match blob_type {
             BlobType::Data => {
                 stats.data_blobs.fetch_add(1, Ordering::Relaxed);
+                if data.is_empty() {
+                    // A new data pack: wait for a free slot and assemble in its buffer.
+                    let Ok(buf) = tokens.recv() else { return };
+                    data.reuse(buf);
+                }
                 &mut data
             }
             BlobType::Tree => {
@@ -163,12 +200,13 @@ fn pack_loop(
             }
         };
         packer.add(&blob);
-        if packer.is_full() && !hand_over(packer.finish(key)) {
+        buffers.give(blob.bytes);
+        if packer.is_full() && !hand_over(packer) {
             return;
         }
     }
     for packer in [&mut data, &mut tree] {
-        if !packer.is_empty() && !hand_over(packer.finish(key)) {
+        if !packer.is_empty() && !hand_over(packer) {
             return;
         }
     }
@@ -177,13 +215,13 @@ fn pack_loop(
 async fn upload_loop(
     repo: Arc<Repository>,
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
-    tokens: crossbeam_channel::Sender<()>,
+    tokens: crossbeam_channel::Sender<Vec<u8>>,
     connections: usize,
     gate: WriteGate,
     stats: Arc<SaverStats>,
 ) -> Result<Vec<IndexPack>, RepoError> {
     // Until the gate opens, finished packs wait in the channel and in the packer, which then
-    // stops taking blobs: two packs in memory rather than `connections` + 1.
+    // stops taking blobs.
     if let Err(closed) = gate.wait().await {
         return Err(RepoError::Task(format!("store packs: {closed}")));
     }
@@ -205,12 +243,12 @@ async fn upload_loop(
                 let tokens = tokens.clone();
                 running.spawn(async move {
                     let FinishedPack { id, bytes, blobs } = pack;
-                    let saved = repo
-                        .backend()
-                        .save(FileType::Pack, &id.0, Bytes::from(bytes))
-                        .await;
-                    // The pack's memory is freed: the packer may hand over another.
-                    let _ = tokens.try_send(());
+                    let bytes = Bytes::from(bytes);
+                    let saved = repo.backend().save(FileType::Pack, &id.0, bytes.clone()).await;
+                    // The pack is stored (or failed): its buffer goes back to the packer, which
+                    // may hand over another pack. A store that still holds the bytes keeps them.
+                    let buf = bytes.try_into_mut().map(Vec::from).unwrap_or_default();
+                    let _ = tokens.try_send(buf);
                     saved?;
                     stats.packs.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, RepoError>(IndexPack { id, blobs })

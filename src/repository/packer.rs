@@ -42,6 +42,20 @@ impl Packer {
         }
     }
 
+    /// Gives the packer a buffer to assemble its next pack in (one whose pack has been
+    /// stored), so that its pages are reused; ignored while a pack is under way.
+    pub fn reuse(&mut self, mut buf: Vec<u8>) {
+        if self.bytes.is_empty() {
+            buf.clear();
+            self.bytes = buf;
+        }
+    }
+
+    /// The type of blob this packer takes.
+    pub fn blob_type(&self) -> BlobType {
+        self.blob_type
+    }
+
     /// The bytes appended so far.
     pub fn size(&self) -> usize {
         self.bytes.len()
@@ -59,7 +73,7 @@ impl Packer {
 
     /// Appends one sealed blob.
     pub fn add(&mut self, blob: &SealedBlob) {
-        if self.bytes.capacity() == 0 {
+        if self.bytes.is_empty() {
             self.bytes
                 .reserve(TARGET_PACK_SIZE.max(blob.bytes.len()) + 64 * 1024);
         }
