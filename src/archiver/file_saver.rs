@@ -3,9 +3,9 @@
 //! File workers take [`FileJob`]s from the walker. Each reads its file once through the
 //! chunker, names every chunk by its SHA-256, and hands chunks that neither the index nor this
 //! run has seen to the blob savers (compression and encryption happen there, in parallel, so
-//! one large file still keeps every core busy). The file's node then gets its content list and
-//! its slot in the directory completes. A file that cannot be read is left out of the snapshot
-//! and reported, as restic does.
+//! one large file still keeps every core busy); chunks of at most 64 KiB it seals itself. The
+//! file's node then gets its content list and its slot in the directory completes. A file
+//! that cannot be read is left out of the snapshot and reported, as restic does.
 
 use std::fs::File;
 use std::io;
@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use crate::chunker::{Chunker, is_zero};
 use crate::id::{BlobId, BlobType, Id};
 
+use super::blob_saver::{self, SEAL_INLINE_UP_TO};
 use super::tree_saver::PendingDir;
 use super::{NewChunk, Shared};
 
@@ -119,10 +120,14 @@ fn read_file(
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let id = zero_ids.id(chunk);
         if shared.claim(BlobType::Data, id) {
-            let mut data = shared.chunk_buffers.take();
-            data.extend_from_slice(chunk);
-            let sent = chunks.send(NewChunk { id, data });
-            if sent.is_err() {
+            let handed = if chunk.len() <= SEAL_INLINE_UP_TO {
+                blob_saver::seal_and_send(shared, id, chunk)
+            } else {
+                let mut data = shared.chunk_buffers.take();
+                data.extend_from_slice(chunk);
+                chunks.send(NewChunk { id, data }).is_ok()
+            };
+            if !handed {
                 return Err(io::Error::other("pipeline stopped"));
             }
         }
