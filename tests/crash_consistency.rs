@@ -410,17 +410,6 @@ fn fresh_repo(sb: &Sandbox, template: &Path) {
     copy_tree(template, &sb.repo);
 }
 
-/// The lock files of the repository. A process killed while writing its lock can leave the
-/// store's temporary file (`locks/<id>#<n>` in a local repository): that is not a lock (restic
-/// and ferry skip names that are not ids) and nothing removes it yet (see SECURITY.md), so
-/// it is not counted.
-fn lock_files(sb: &Sandbox) -> Vec<PathBuf> {
-    sb.repo_files("locks")
-        .into_iter()
-        .filter(|p| common::is_full_id(&common::object_id(p)))
-        .collect()
-}
-
 #[test]
 fn snapshot_killed_at_random_points_leaves_a_repository_that_checks_and_a_rerun_completes() {
     let started = Instant::now();
@@ -659,7 +648,7 @@ fn restore_killed_at_random_points_is_completed_by_a_rerun() {
         }
         let files = files_under(&target);
         let temps = files.iter().filter(|p| is_restore_temp(p)).count();
-        let locks = lock_files(&sb).len();
+        let locks = sb.lock_ids().len();
         let phase = match (killed, temps, locks) {
             (false, _, _) => "completed before the kill",
             (true, 0, 0) => "before the lock, or after releasing it",
@@ -683,10 +672,7 @@ fn restore_killed_at_random_points_is_completed_by_a_rerun() {
             .collect();
         assert!(left.is_empty(), "trial {t}: temporary files left: {left:?}");
         assert_trees_equal(src, &target, &CompareOptions::exact());
-        assert!(
-            lock_files(&sb).is_empty(),
-            "trial {t}: the re-run left locks"
-        );
+        assert!(sb.lock_ids().is_empty(), "trial {t}: the re-run left locks");
     }
     // The repository took no harm either (restore only reads it), and no dead lock is left.
     assert_check_clean(&sb.restic(["check"]));

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{CompareOptions, Run, Sandbox, assert_trees_equal, object_id, write_random_file};
+use common::{CompareOptions, Run, Sandbox, assert_trees_equal, write_random_file};
 
 const EXIT_LOCKED: i32 = 11;
 
@@ -36,16 +36,6 @@ fn mkfifo(path: &Path) {
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(rc, 0, "mkfifo {}", path.display());
-}
-
-/// The ids of the lock files, leaving out a file still being written (object_store writes
-/// `<id>#<n>` and then renames it).
-fn lock_ids(sb: &Sandbox) -> BTreeSet<String> {
-    sb.repo_files("locks")
-        .iter()
-        .map(|p| object_id(p))
-        .filter(|id| common::is_full_id(id))
-        .collect()
 }
 
 /// Polls `probe` until it gives a value; panics after [`PATIENCE`].
@@ -88,7 +78,7 @@ impl BlockedSnapshot {
     fn start(sb: &Sandbox, name: &str, wrapper: &[&str]) -> BlockedSnapshot {
         let fifo = sb.root().join(name);
         mkfifo(&fifo);
-        let before = lock_ids(sb);
+        let before = sb.lock_ids();
         let ferry = sb.ferry_cmd([
             OsStr::new("agent"),
             OsStr::new("snapshot"),
@@ -120,7 +110,7 @@ impl BlockedSnapshot {
                     fs::read_to_string(sb.root().join(format!("{name}.log"))).unwrap_or_default()
                 );
             }
-            lock_ids(sb).difference(&before).next().cloned()
+            sb.lock_ids().difference(&before).next().cloned()
         });
         // A non-blocking open of a FIFO's write end fails (ENXIO) until a reader has it open.
         let probe = wait_for("the blocked snapshot to open its FIFO", || {
@@ -184,7 +174,7 @@ fn a_killed_ferrys_lock_is_removed_by_the_next_run_and_then_prune_can_run() {
     );
     blocked.kill();
     assert_eq!(
-        lock_ids(&sb),
+        sb.lock_ids(),
         BTreeSet::from([lock.clone()]),
         "SIGKILL left the lock"
     );
@@ -201,7 +191,7 @@ fn a_killed_ferrys_lock_is_removed_by_the_next_run_and_then_prune_can_run() {
     // The next ferry run proves the holder gone (same machine and boot, pid gone) and removes
     // its lock; it also releases its own.
     sb.ferry_snapshot(&src, &[]);
-    assert!(lock_ids(&sb).is_empty(), "the dead holder's lock is gone");
+    assert!(sb.lock_ids().is_empty(), "the dead holder's lock is gone");
     sb.restic(["prune"]).ok();
     sb.restic(["check", "--read-data"]).ok();
 }
@@ -221,7 +211,7 @@ fn ferry_unlock_removes_a_killed_processs_lock_and_nothing_removes_a_live_ones()
     // The live snapshot started after the other was killed: its run removed the dead lock
     // already. Plant the situation again with a second killed snapshot.
     assert!(
-        !lock_ids(&sb).contains(&dead_lock),
+        !sb.lock_ids().contains(&dead_lock),
         "the second run removed the dead lock"
     );
     let dead = BlockedSnapshot::start(&sb, "fifo-dead-2", &[]);
@@ -229,30 +219,30 @@ fn ferry_unlock_removes_a_killed_processs_lock_and_nothing_removes_a_live_ones()
     dead.kill();
     // The running snapshot was alive when the second one started, so its lock stayed.
     assert_eq!(
-        lock_ids(&sb),
+        sb.lock_ids(),
         BTreeSet::from([dead_lock.clone(), live_lock.clone()])
     );
 
     let run = sb.ferry(["unlock"]).ok();
     assert!(run.out().contains("removed 1 locks"), "{run}");
     assert_eq!(
-        lock_ids(&sb),
+        sb.lock_ids(),
         BTreeSet::from([live_lock.clone()]),
         "unlock removed the dead lock and kept the live one"
     );
     // Another snapshot runs beside the live holder and leaves its lock alone.
     sb.ferry_snapshot(&src, &[]);
-    assert_eq!(lock_ids(&sb), BTreeSet::from([live_lock.clone()]));
+    assert_eq!(sb.lock_ids(), BTreeSet::from([live_lock.clone()]));
     // A process stopped with SIGSTOP is alive too.
     // SAFETY: plain signals to a child this test started and still owns.
     unsafe { libc::kill(live.child.id() as libc::pid_t, libc::SIGSTOP) };
     sb.ferry(["unlock"]).ok();
-    assert_eq!(lock_ids(&sb), BTreeSet::from([live_lock.clone()]));
+    assert_eq!(sb.lock_ids(), BTreeSet::from([live_lock.clone()]));
     // SAFETY: as above.
     unsafe { libc::kill(live.child.id() as libc::pid_t, libc::SIGCONT) };
 
     assert!(live.finish().success());
-    assert!(lock_ids(&sb).is_empty());
+    assert!(sb.lock_ids().is_empty());
     sb.restic(["check"]).ok();
 }
 
@@ -319,7 +309,7 @@ fn a_restarted_pid_1_does_not_keep_its_predecessors_lock_alive() {
     restic = wrapped;
     common::run(restic).ok();
     assert_eq!(
-        lock_ids(&sb),
+        sb.lock_ids(),
         BTreeSet::from([lock.clone()]),
         "restic kept it"
     );
@@ -339,7 +329,7 @@ fn a_restarted_pid_1_does_not_keep_its_predecessors_lock_alive() {
     }
     common::run_ferry(ferry).ok();
     assert!(
-        lock_ids(&sb).is_empty(),
+        sb.lock_ids().is_empty(),
         "the predecessor's lock was removed"
     );
     sb.restic(["check"]).ok();
@@ -399,7 +389,7 @@ impl GatedPrune {
         unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETFL, 0) };
         fs::remove_file(&index).unwrap();
         fs::write(&index, &index_bytes).unwrap();
-        assert_eq!(lock_ids(sb).len(), 1, "restic prune holds one lock");
+        assert_eq!(sb.lock_ids().len(), 1, "restic prune holds one lock");
         GatedPrune {
             child,
             writer: Some(writer),
@@ -519,7 +509,7 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
         !run.stderr.contains("waiting"),
         "no lock to wait for\n{run}"
     );
-    assert!(lock_ids(&sb).is_empty());
+    assert!(sb.lock_ids().is_empty());
     sb.restic(["check", "--read-data"]).ok();
 }
 
@@ -576,7 +566,7 @@ fn ferry_waiting_for_a_prune_continues_when_it_ends_and_reads_the_index_it_left(
         "ferry succeeds within its bound\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(lock_ids(&sb).is_empty());
+    assert!(sb.lock_ids().is_empty());
     // Every blob the new snapshot refers to exists: ferry stored the pruned data anew.
     sb.restic(["check", "--read-data"]).ok();
     let restored = sb.dir("restored");
