@@ -501,6 +501,41 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
     assert_names_exclusive_holder(&run, prune.pid());
     run.stderr_mentions("gave up after waiting");
     assert_eq!(sb.restic_snapshots_count(), 1, "nothing was written");
+    // The restore filled temporary files while it waited; without the lock they go again.
+    assert_eq!(
+        fs::read_dir(&target).unwrap().count(),
+        0,
+        "the target is as empty as it was"
+    );
+    // A target it had to create goes too.
+    let fresh = sb.root().join("fresh-target");
+    sb.ferry([
+        OsStr::new("agent"),
+        OsStr::new("restore"),
+        OsStr::new(&id),
+        OsStr::new("--target"),
+        fresh.as_os_str(),
+    ])
+    .code(EXIT_LOCKED);
+    assert!(!fresh.exists(), "no target was left behind");
+    // A target holding other content, restored over with --delete: nothing is removed,
+    // replaced or added.
+    let held = sb.dir("held");
+    fs::write(held.join("small"), b"other content\n").unwrap();
+    fs::create_dir(held.join("extra")).unwrap();
+    fs::write(held.join("extra").join("x"), b"x\n").unwrap();
+    fs::write(held.join("a.bin"), b"not the snapshot's a.bin").unwrap();
+    let before = listing(&held);
+    sb.ferry([
+        OsStr::new("agent"),
+        OsStr::new("restore"),
+        OsStr::new(&id),
+        OsStr::new("--target"),
+        held.as_os_str(),
+        OsStr::new("--delete"),
+    ])
+    .code(EXIT_LOCKED);
+    assert_eq!(listing(&held), before, "the held target is unchanged");
 
     // Once the prune has finished, the same command succeeds.
     prune.release();
@@ -572,4 +607,23 @@ fn ferry_waiting_for_a_prune_continues_when_it_ends_and_reads_the_index_it_left(
     let restored = sb.dir("restored");
     sb.restic_restore("latest", &restored);
     assert_trees_equal(&gone, &restored, &CompareOptions::restic_0_14());
+}
+
+/// Every entry under `dir` with its content (files) or a marker (directories), sorted.
+fn listing(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                out.push((p, None));
+            } else {
+                out.push((p.clone(), Some(fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
 }

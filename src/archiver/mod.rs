@@ -35,7 +35,6 @@ use crate::fsmeta::{NameCache, ReadOptions};
 use crate::host;
 use crate::id::{BlobId, BlobType, Id, SnapshotId, TreeId};
 use crate::repository::buffer_pool::BufferPool;
-use crate::repository::lock::LockGuard;
 use crate::repository::pack_saver::{BlobSender, PackSaver};
 use crate::repository::write_gate::{self, WriteGate};
 use crate::repository::{BlobCodec, Compression, RepoError, Repository};
@@ -250,43 +249,13 @@ pub async fn snapshot(
     // wait at the gate; if the lock fails, the pipeline is cancelled and its error reported.
     let mut opts = opts;
     opts.cancel = opts.cancel.child_token();
-    let (opener, gate) = write_gate::channel();
-    let locking = {
-        let repo = Arc::clone(&repo);
-        let cancel = opts.cancel.clone();
-        tokio::spawn(async move {
-            let locked = take_lock(&repo).await;
-            match locked {
-                Ok(_) => opener.open(),
-                Err(_) => {
-                    drop(opener);
-                    cancel.cancel();
-                }
-            }
-            locked
-        })
-    };
+    let (gate, locking) = write_gate::lock_in_background(&repo, opts.cancel.clone());
     let result = run_snapshot(&repo, &opts, stats, gate).await;
-    let lock = locking
-        .await
-        .map_err(|e| RepoError::Task(format!("take the repository lock: {e}")))??;
+    let lock = locking.held().await?;
     let released = lock.release().await;
     let outcome = result?;
     released?;
     Ok(outcome)
-}
-
-/// Takes a non-exclusive lock and checks, under it, that the index loaded at open is still
-/// the repository's (no prune ran in between).
-async fn take_lock(repo: &Arc<Repository>) -> Result<LockGuard, RepoError> {
-    let lock = repo.lock(false).await?;
-    match repo.check_index_current().await {
-        Ok(()) => Ok(lock),
-        Err(e) => {
-            let _ = lock.release().await;
-            Err(e)
-        }
-    }
 }
 
 /// Runs the pipeline and stores the index and snapshot files; every write waits at `gate`.

@@ -108,6 +108,21 @@ impl Repository {
         })
     }
 
+    /// Takes a non-exclusive lock and checks, under it, that the index loaded at open is still
+    /// the repository's (no prune ran in between), for work that trusts that index: a
+    /// snapshot deduplicating against it, a restore reading the packs it names. On a failed
+    /// check the lock is released again and [`RepoError::IndexChanged`] returned.
+    pub async fn lock_with_current_index(self: &Arc<Self>) -> Result<LockGuard, RepoError> {
+        let lock = self.lock(false).await?;
+        match self.check_index_current().await {
+            Ok(()) => Ok(lock),
+            Err(e) => {
+                let _ = lock.release().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Waits, up to [`Repository::lock_wait`], until no exclusive lock is held, so that an
     /// index about to be loaded is not one a prune is rewriting. With no wait set it returns at
     /// once (the lock taken later reports any conflict). Removes proven-dead locks as

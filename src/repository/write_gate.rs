@@ -9,8 +9,19 @@
 //! be current; if the lock cannot be taken the opener is dropped, the gate closes, and every
 //! waiting write fails without touching the repository. A pipeline waiting at a closed-for-now
 //! gate stops at its bounded queues, so waiting costs no more memory than running.
+//!
+//! [`lock_in_background`] is that arrangement packaged: it starts taking the lock, opens the
+//! gate when it is held, and on failure closes the gate and cancels the work it guards.
+//! Restores use it too: their destructive steps (removals, renames) wait at the gate while
+//! reading packs and filling temporary files do not.
+
+use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::lock::LockGuard;
+use super::{RepoError, Repository};
 
 /// Where the gate stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +74,45 @@ impl WriteGate {
             State::Open => Ok(()),
             State::Waiting | State::Closed => Err(GateClosed),
         }
+    }
+}
+
+/// A lock being taken beside the work it guards (see [`lock_in_background`]).
+pub struct BackgroundLock {
+    task: tokio::task::JoinHandle<Result<LockGuard, RepoError>>,
+}
+
+/// Starts taking a non-exclusive lock on `repo` and checking that its loaded index is still
+/// current ([`Repository::lock_with_current_index`]). The returned gate opens once both hold;
+/// if either fails, the gate closes and `cancel` is cancelled, so the guarded work stops at its
+/// next step. [`BackgroundLock::held`] gives the outcome.
+pub fn lock_in_background(
+    repo: &Arc<Repository>,
+    cancel: CancellationToken,
+) -> (WriteGate, BackgroundLock) {
+    let (opener, gate) = channel();
+    let repo = Arc::clone(repo);
+    let task = tokio::spawn(async move {
+        let locked = repo.lock_with_current_index().await;
+        match locked {
+            Ok(_) => opener.open(),
+            Err(_) => {
+                drop(opener);
+                cancel.cancel();
+            }
+        }
+        locked
+    });
+    (gate, BackgroundLock { task })
+}
+
+impl BackgroundLock {
+    /// Waits until the attempt ends: the held lock (release it when done), or why it was not
+    /// taken.
+    pub async fn held(self) -> Result<LockGuard, RepoError> {
+        self.task
+            .await
+            .map_err(|e| RepoError::Task(format!("take the repository lock: {e}")))?
     }
 }
 

@@ -13,6 +13,13 @@
 //! directory never disturbs times already set on it. Nothing is written through a symlink:
 //! whatever stands where a directory or file must go is removed first, and files are opened
 //! with `O_NOFOLLOW`.
+//!
+//! The repository lock is taken beside the restore, not before it: restic's protocol spends
+//! 200 ms between writing a lock and trusting it, while planning, comparing and filling
+//! temporary files change nothing a user has. Every removal (in `plan`) and the renames wait
+//! at a gate that opens once the lock is held and the loaded index is known to be current. If
+//! the lock is not taken, the restore is cancelled and what it added (temporary files, new
+//! directories) is removed again, so the target is as it was.
 
 mod block;
 mod compare;
@@ -28,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fsapply::{self, ApplyOptions};
 use crate::id::TreeId;
 use crate::node::NodeType;
+use crate::repository::write_gate::{self, WriteGate};
 use crate::repository::{RepoError, Repository};
 
 pub use block::restore_block;
@@ -139,20 +147,44 @@ pub async fn restore(
     opts: &RestoreOptions,
     stats: &RestoreStats,
 ) -> Result<RestoreOutcome, RestoreError> {
-    let lock = repo.lock(false).await?;
-    let result = run(&repo, root, opts, stats).await;
+    let cancel = opts.cancel.child_token();
+    let (gate, locking) = write_gate::lock_in_background(&repo, cancel.clone());
+    let mut plan = Plan::default();
+    let guarded = Guarded {
+        cancel: &cancel,
+        gate: &gate,
+    };
+    let result = run(&repo, root, opts, guarded, stats, &mut plan).await;
+    let lock = match locking.held().await {
+        Ok(lock) => lock,
+        Err(e) => {
+            tokio::task::block_in_place(|| plan.remove_created(&opts.target));
+            return Err(e.into());
+        }
+    };
     let released = lock.release().await;
     let out = result?;
     released?;
     Ok(out)
 }
 
+/// What `run` answers to besides its options: the token that stops it (the caller's, or the
+/// lock's failure) and the gate its removals and renames wait at.
+#[derive(Clone, Copy)]
+struct Guarded<'a> {
+    cancel: &'a CancellationToken,
+    gate: &'a WriteGate,
+}
+
 async fn run(
     repo: &Arc<Repository>,
     root: TreeId,
     opts: &RestoreOptions,
+    guarded: Guarded<'_>,
     stats: &RestoreStats,
+    plan: &mut Plan,
 ) -> Result<RestoreOutcome, RestoreError> {
+    let cancel = guarded.cancel;
     let workers = if opts.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -176,7 +208,8 @@ async fn run(
         delete: opts.delete,
         base,
         repo,
-        cancel: &opts.cancel,
+        cancel,
+        gate: guarded.gate,
     };
     let cancelled = || RestoreError::Cancelled {
         target: opts.target.display().to_string(),
@@ -189,17 +222,16 @@ async fn run(
             "restore phase done"
         );
     };
-    let mut plan = plan::plan(&popts, root, &opts.target).await?;
+    plan::plan(&popts, root, &opts.target, plan).await?;
     phase("plan");
     stats.files_total.store(
         (plan.files.len() + plan.hardlinks.len()) as u64,
         Ordering::Relaxed,
     );
-    let created = file_writer::Created::new(&plan);
-    let (needed, mut errors) = tokio::task::block_in_place(|| {
-        compare::compare_all(repo, &plan, &created, workers, &opts.cancel)
-    });
-    if opts.cancel.is_cancelled() {
+    let created = file_writer::Created::new(plan);
+    let (needed, mut errors) =
+        tokio::task::block_in_place(|| compare::compare_all(repo, plan, &created, workers, cancel));
+    if cancel.is_cancelled() {
         return Err(cancelled());
     }
     phase("compare");
@@ -211,9 +243,9 @@ async fn run(
     drop(needed);
     plan.sort_packs();
     stats.bytes_total.store(fetched, Ordering::Relaxed);
-    let writers = file_writer::Writers::new(&plan, &created, Arc::clone(&stats.bytes_done));
-    file_writer::write_all(repo, &writers, workers, opts.connections, &opts.cancel).await;
-    if opts.cancel.is_cancelled() {
+    let writers = file_writer::Writers::new(plan, &created, Arc::clone(&stats.bytes_done));
+    file_writer::write_all(repo, &writers, workers, opts.connections, cancel).await;
+    if cancel.is_cancelled() {
         return Err(cancelled());
     }
     phase("write");
@@ -223,7 +255,11 @@ async fn run(
         // Temporary files stay; their real names keep the old content.
         return Err(incomplete(&opts.target, errors));
     }
-    let finished = tokio::task::block_in_place(|| finish(&plan, &opts.apply, workers));
+    // Renames replace what users have: only under the lock.
+    if guarded.gate.wait().await.is_err() || cancel.is_cancelled() {
+        return Err(cancelled());
+    }
+    let finished = tokio::task::block_in_place(|| finish(plan, &opts.apply, workers));
     phase("finish");
     if !finished.is_empty() {
         return Err(incomplete(&opts.target, finished));
@@ -362,5 +398,149 @@ fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archiver::{self, SnapshotOptions, Stats};
+    use crate::backend::Backend;
+    use crate::keyfile::KdfParams;
+    use std::time::Duration;
+
+    /// Every entry under `dir` with its content (files) or `None` (directories), sorted.
+    fn listing(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p.clone());
+                    out.push((p, None));
+                } else {
+                    out.push((p.clone(), Some(std::fs::read(&p).unwrap())));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn temp_files(dir: &Path) -> usize {
+        listing(dir)
+            .iter()
+            .filter(|(p, _)| {
+                p.file_name()
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(plan::TEMP_PREFIX))
+            })
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_lock_nothing_is_renamed_and_what_was_added_goes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::create_dir_all(src.join("new/deeper")).unwrap();
+        let noise: Vec<u8> = (0..300_000u32).map(|i| ((i * 7919) >> 3) as u8).collect();
+        std::fs::write(src.join("a/f"), &noise).unwrap();
+        std::fs::write(src.join("new/deeper/h"), &noise[..5000]).unwrap();
+        std::fs::write(src.join("empty"), b"").unwrap();
+
+        let params = KdfParams {
+            n: 1024,
+            r: 8,
+            p: 1,
+        };
+        let backend = Backend::memory();
+        Repository::init(backend.clone(), b"pw", params)
+            .await
+            .unwrap();
+        let mut repo = Repository::open(backend.clone(), b"pw").await.unwrap();
+        repo.load_index().await.unwrap();
+        let opts = SnapshotOptions {
+            source: src.clone(),
+            paths: vec!["/src".into()],
+            hostname: "h".into(),
+            tags: Vec::new(),
+            parent: None,
+            workers: 2,
+            connections: 2,
+            read_options: Default::default(),
+            block: false,
+            cancel: CancellationToken::new(),
+        };
+        let made = archiver::snapshot(Arc::new(repo), opts, Arc::new(Stats::default()))
+            .await
+            .unwrap();
+        let mut repo = Repository::open(backend, b"pw").await.unwrap();
+        repo.load_index().await.unwrap();
+        let repo = Arc::new(repo);
+
+        // The target holds an older `a/f` and nothing of `new` or `empty`.
+        let target = dir.path().join("target");
+        std::fs::create_dir_all(target.join("a")).unwrap();
+        std::fs::write(target.join("a/f"), b"old content").unwrap();
+        let before = listing(&target);
+
+        let (opener, gate) = write_gate::channel();
+        let cancel = CancellationToken::new();
+        let ropts = RestoreOptions {
+            target: target.clone(),
+            workers: 2,
+            connections: 2,
+            apply: ApplyOptions::for_current_user(),
+            delete: false,
+            base: None,
+            cancel: cancel.clone(),
+        };
+        let guarded = Guarded {
+            cancel: &cancel,
+            gate: &gate,
+        };
+        let mut plan = Plan::default();
+        let stats = RestoreStats::default();
+        let mut running = Box::pin(run(
+            &repo,
+            made.snapshot.tree,
+            &ropts,
+            guarded,
+            &stats,
+            &mut plan,
+        ));
+        // Let it fill every temporary file while the gate stays shut.
+        let mut waited = Duration::ZERO;
+        while temp_files(&target) < 3 {
+            assert!(
+                waited < Duration::from_secs(30),
+                "no temporary files appeared"
+            );
+            tokio::select! {
+                r = &mut running => panic!("the restore ended at a shut gate: {:?}", r.err()),
+                () = tokio::time::sleep(Duration::from_millis(10)) => waited += Duration::from_millis(10),
+            }
+        }
+        tokio::select! {
+            r = &mut running => panic!("the restore ended at a shut gate: {:?}", r.err()),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        assert_eq!(
+            std::fs::read(target.join("a/f")).unwrap(),
+            b"old content",
+            "nothing was renamed before the lock"
+        );
+        // The lock fails: the gate closes and the restore is cancelled.
+        drop(opener);
+        cancel.cancel();
+        let ended = running.await;
+        assert!(
+            matches!(ended, Err(RestoreError::Cancelled { .. })),
+            "{:?}",
+            ended.err()
+        );
+        plan.remove_created(&target);
+        assert_eq!(listing(&target), before, "the target is as it was");
     }
 }

@@ -8,6 +8,10 @@
 //! is in the way of a different type. Directories are created here, so later stages never
 //! create one; with `delete`, entries the snapshot does not have are removed here too.
 //!
+//! Every removal first waits at the restore's gate, which opens once the repository lock is
+//! held: until then the planner only looks and creates directories, which
+//! [`Plan::remove_created`] takes away again if the lock is never taken.
+//!
 //! With a base snapshot the target is known to hold, a node identical to the base's node of
 //! the same path is skipped without looking at the disk — for a directory, its whole subtree.
 //!
@@ -26,6 +30,7 @@ use crate::fsapply::Metadata;
 use crate::id::{BlobId, BlobType, Id, PackId, TreeId};
 use crate::index::BlobLocation;
 use crate::node::{ExtendedAttribute, Node, NodeType, Timestamp};
+use crate::repository::write_gate::WriteGate;
 use crate::repository::{RepoError, Repository};
 use crate::tree::Tree;
 
@@ -202,6 +207,8 @@ pub struct Plan {
     pub removed: u64,
     /// Subtrees and files skipped without a look at the disk because the base had them.
     pub skipped_by_base: u64,
+    /// Whether the planner created the target directory itself.
+    pub created_target: bool,
     slots: HashMap<(PackId, Id), usize>,
 }
 
@@ -215,6 +222,18 @@ pub struct PlanOptions<'a> {
     pub repo: &'a Repository,
     /// Checked before each directory.
     pub cancel: &'a tokio_util::sync::CancellationToken,
+    /// Opens once the repository lock is held; every removal waits for it.
+    pub gate: &'a WriteGate,
+}
+
+impl PlanOptions<'_> {
+    /// Waits until entries may be removed: the lock is held. A closed gate (the lock was not
+    /// taken) ends the plan as cancelled.
+    async fn may_remove(&self, target: &Path) -> Result<(), RestoreError> {
+        self.gate.wait().await.map_err(|_| RestoreError::Cancelled {
+            target: target.display().to_string(),
+        })
+    }
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -232,23 +251,26 @@ pub fn remove_entry(path: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// Builds the plan for restoring tree `root` into `target`.
+/// Builds into `plan` (empty) the plan for restoring tree `root` into `target`. On an error
+/// `plan` still records every directory created so far.
 pub async fn plan(
     opts: &PlanOptions<'_>,
     root: TreeId,
     target: &Path,
-) -> Result<Plan, RestoreError> {
-    let mut plan = Plan::default();
+    plan: &mut Plan,
+) -> Result<(), RestoreError> {
     let mut links: HashMap<(u64, u64), usize> = HashMap::new();
     let fresh = match std::fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => false,
         Ok(_) => {
+            opts.may_remove(target).await?;
             remove_entry(target)?;
             std::fs::create_dir_all(target).map_err(io_err("create directory", target))?;
             true
         }
         Err(_) => {
             std::fs::create_dir_all(target).map_err(io_err("create directory", target))?;
+            plan.created_target = true;
             true
         }
     };
@@ -295,6 +317,7 @@ pub async fn plan(
                     let existed = meta.as_ref().is_some_and(|m| m.is_dir());
                     if !existed {
                         if meta.is_some() {
+                            opts.may_remove(target).await?;
                             remove_entry(&path)?;
                             plan.removed += 1;
                         }
@@ -315,6 +338,7 @@ pub async fn plan(
                         let key = (node.device_id, node.inode);
                         if let Some(&first) = links.get(&key) {
                             if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                                opts.may_remove(target).await?;
                                 remove_entry(&path)?;
                                 plan.removed += 1;
                             }
@@ -338,6 +362,7 @@ pub async fn plan(
                             }
                         }
                         Some(_) => {
+                            opts.may_remove(target).await?;
                             remove_entry(&path)?;
                             plan.removed += 1;
                             (Content::Write { reuse_old: false }, false)
@@ -351,6 +376,7 @@ pub async fn plan(
                 _ => {
                     let same = meta.as_ref().is_some_and(|m| same_special(&path, m, &node));
                     if !same && meta.is_some() {
+                        opts.may_remove(target).await?;
                         remove_entry(&path)?;
                         plan.removed += 1;
                     }
@@ -366,15 +392,45 @@ pub async fn plan(
         // restore always go; everything else only with `delete`.
         for name in existing {
             if opts.delete || name.starts_with(TEMP_PREFIX) {
+                opts.may_remove(target).await?;
                 remove_entry(&dir.join(std::ffi::OsStr::from_bytes(&name)))?;
                 plan.removed += 1;
             }
         }
     }
-    Ok(plan)
+    Ok(())
 }
 
 impl Plan {
+    /// Takes away what a restore that never got its lock added to the target: the temporary
+    /// files of files to write, then the directories the planner created (deepest first, and
+    /// only while empty), then the target if the planner created it. Nothing else was touched,
+    /// since every removal and rename waits for the lock. Best effort: what cannot be removed
+    /// is logged and left.
+    pub fn remove_created(&self, target: &Path) {
+        let gone = |r: std::io::Result<()>, path: &Path| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "remove {} after the lock was not taken: {e}",
+                    path.display()
+                );
+            }
+            _ => {}
+        };
+        for f in &self.files {
+            if let Content::Write { .. } = f.content {
+                let temp = f.temp_path();
+                gone(std::fs::remove_file(&temp), &temp);
+            }
+        }
+        for d in self.dirs.iter().rev().filter(|d| !d.existed) {
+            gone(std::fs::remove_dir(&d.path), &d.path);
+        }
+        if self.created_target {
+            gone(std::fs::remove_dir(target), target);
+        }
+    }
+
     /// Adds the uses of `blob` at `offset` in file `file` to the pack plan.
     pub fn add_blob_use(
         &mut self,
