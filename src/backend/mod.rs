@@ -9,6 +9,7 @@
 
 mod open;
 pub mod retry;
+pub mod staged;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -131,6 +132,17 @@ pub enum BackendError {
     #[error("flush {path} to disk: {source}")]
     LocalSync {
         /// The file or directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing or renaming a file in a local directory failed.
+    #[error("{op} {path}: {source}")]
+    LocalWrite {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
         path: String,
         /// The cause.
         #[source]

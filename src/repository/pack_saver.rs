@@ -10,7 +10,11 @@
 //! tree pack are in memory, and steady work maps no fresh pages for packs. Likewise the
 //! packer gives each sealed blob's buffer to a pool the blob savers seal into
 //! ([`BlobSender::buffer`]).
-//! No pack is taken for upload before the saver's [`WriteGate`] opens (the lock is held).
+//! No pack is stored before the saver's [`WriteGate`] opens (the lock is held). Until then,
+//! packs for a local directory are staged — written and flushed under a temporary name
+//! ([`crate::backend::staged`]) — and their buffers go back to the packer, so the pipeline
+//! keeps running while the lock is taken; they are renamed into place when the gate opens and
+//! removed if it closes. Packs for object stores wait in memory, and the packer then stops.
 //! [`PackSaver::finish`] flushes the open packs and returns the index entries of every stored
 //! pack; writing the index is the caller's next step, because the format requires packs to be
 //! stored before any index names them.
@@ -21,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::backend::FileType;
+use crate::backend::staged::StagedFile;
 use crate::crypto;
 use crate::id::BlobType;
 use crate::index::IndexPack;
@@ -220,13 +225,26 @@ async fn upload_loop(
     gate: WriteGate,
     stats: Arc<SaverStats>,
 ) -> Result<Vec<IndexPack>, RepoError> {
-    // Until the gate opens, finished packs wait in the channel and in the packer, which then
-    // stops taking blobs.
+    let staged = stage_until_open(&repo, &mut rx, &tokens, &gate).await?;
+    // Until the gate opens, packs not staged wait in the channel and in the packer, which
+    // then stops taking blobs.
     if let Err(closed) = gate.wait().await {
+        for (file, _) in staged {
+            file.discard();
+        }
         return Err(RepoError::Task(format!("store packs: {closed}")));
     }
-    let mut running = tokio::task::JoinSet::new();
     let mut stored = Vec::new();
+    let mut staged = staged.into_iter();
+    while let Some((file, pack)) = staged.next() {
+        if let Err(e) = repo.backend().commit(file).await {
+            staged.for_each(|(file, _)| file.discard());
+            return Err(e.into());
+        }
+        stats.packs.fetch_add(1, Ordering::Relaxed);
+        stored.push(pack);
+    }
+    let mut running = tokio::task::JoinSet::new();
     loop {
         // Keep at most `connections` uploads running; collect finished ones first.
         while running.len() >= connections {
@@ -260,6 +278,54 @@ async fn upload_loop(
         stored.push(join_one(&mut running).await?);
     }
     Ok(stored)
+}
+
+/// While the gate is still waiting, writes the packs that arrive for a local directory under
+/// temporary names and gives their buffers back; returns them with their index entries, in
+/// arrival order, once the gate has opened or closed or no pack is left. Stores nothing for
+/// object stores. On a failure the staged files are removed.
+async fn stage_until_open(
+    repo: &Repository,
+    rx: &mut tokio::sync::mpsc::Receiver<FinishedPack>,
+    tokens: &crossbeam_channel::Sender<Vec<u8>>,
+    gate: &WriteGate,
+) -> Result<Vec<(StagedFile, IndexPack)>, RepoError> {
+    let mut staged = Vec::new();
+    if !repo.backend().is_local() {
+        return Ok(staged);
+    }
+    let mut decided = std::pin::pin!(gate.wait());
+    loop {
+        let pack = tokio::select! {
+            biased;
+            _ = &mut decided => break,
+            next = rx.recv() => match next {
+                Some(pack) => pack,
+                None => break,
+            },
+        };
+        let FinishedPack { id, bytes, blobs } = pack;
+        let bytes = Bytes::from(bytes);
+        let written = repo
+            .backend()
+            .stage(FileType::Pack, &id.0, bytes.clone())
+            .await;
+        let buf = bytes.try_into_mut().map(Vec::from).unwrap_or_default();
+        let _ = tokens.try_send(buf);
+        let failed = match written {
+            Ok(Some(file)) => {
+                staged.push((file, IndexPack { id, blobs }));
+                continue;
+            }
+            Ok(None) => RepoError::Task(format!("stage pack {}: nothing was written", id.short())),
+            Err(e) => e.into(),
+        };
+        for (file, _) in staged {
+            file.discard();
+        }
+        return Err(failed);
+    }
+    Ok(staged)
 }
 
 async fn join_one(
