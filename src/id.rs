@@ -16,6 +16,22 @@ pub const ID_LEN: usize = 32;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Id(pub [u8; ID_LEN]);
 
+/// The SHA-256 of bytes given in pieces ([`Id::hasher`]).
+#[derive(Clone, Default)]
+pub struct IdHasher(Sha256);
+
+impl IdHasher {
+    /// Adds the next piece.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The id of every piece so far, in order; the hasher starts over.
+    pub fn finish_reset(&mut self) -> Id {
+        Id(self.0.finalize_reset().into())
+    }
+}
+
 /// Why a string is not an id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid id {text:?}: expected 64 hexadecimal characters")]
@@ -28,6 +44,11 @@ impl Id {
     /// The SHA-256 of `data`.
     pub fn hash(data: &[u8]) -> Id {
         Id(Sha256::digest(data).into())
+    }
+
+    /// A hasher for an object whose bytes come in pieces: the id of their concatenation.
+    pub fn hasher() -> IdHasher {
+        IdHasher(Sha256::new())
     }
 
     /// The null id (all zero bytes); restic names the config file with it.

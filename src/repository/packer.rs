@@ -1,12 +1,14 @@
 //! Assembling sealed blobs of one type into a pack file.
 //!
 //! A [`Packer`] appends sealed blobs back to back and, when asked to finish, appends the
-//! encrypted header and its length, and names the pack by the SHA-256 of the whole file. It
+//! encrypted header and its length, and names the pack by the SHA-256 of the whole file,
+//! hashed as it grows: each blob right after it is copied in, while its bytes are still in
+//! the cache (hashing a finished 16 MiB pack reads it back from memory, ~40% slower here). It
 //! holds the pack in memory (restic writes a temporary file instead); its size is bounded by the
 //! target pack size plus one blob. No I/O happens here.
 
 use crate::crypto::Key;
-use crate::id::{BlobType, Id, PackId};
+use crate::id::{BlobType, Id, IdHasher, PackId};
 use crate::pack::{self, PackedBlob};
 
 use super::blob::SealedBlob;
@@ -30,6 +32,8 @@ pub struct Packer {
     blob_type: BlobType,
     bytes: Vec<u8>,
     blobs: Vec<PackedBlob>,
+    /// The SHA-256 of `bytes` so far.
+    hasher: IdHasher,
 }
 
 impl Packer {
@@ -39,6 +43,7 @@ impl Packer {
             blob_type,
             bytes: Vec::new(),
             blobs: Vec::new(),
+            hasher: Id::hasher(),
         }
     }
 
@@ -77,8 +82,10 @@ impl Packer {
             self.bytes
                 .reserve(TARGET_PACK_SIZE.max(blob.bytes.len()) + 64 * 1024);
         }
-        let offset = u32::try_from(self.bytes.len()).expect("pack offsets stay below 4 GiB");
+        let start = self.bytes.len();
+        let offset = u32::try_from(start).expect("pack offsets stay below 4 GiB");
         self.bytes.extend_from_slice(&blob.bytes);
+        self.hasher.update(&self.bytes[start..]);
         self.blobs.push(PackedBlob {
             blob_type: self.blob_type,
             id: blob.id,
@@ -96,10 +103,11 @@ impl Packer {
         key.seal_append(&header, &mut self.bytes);
         let header_len = (self.bytes.len() - before) as u32;
         self.bytes.extend_from_slice(&header_len.to_le_bytes());
+        self.hasher.update(&self.bytes[before..]);
         let bytes = std::mem::take(&mut self.bytes);
         let blobs = std::mem::take(&mut self.blobs);
         FinishedPack {
-            id: PackId(Id::hash(&bytes)),
+            id: PackId(self.hasher.finish_reset()),
             bytes,
             blobs,
         }
@@ -144,5 +152,15 @@ mod tests {
                 .unwrap();
             assert_eq!(&plain, d);
         }
+        // The packer starts its next pack, and that pack's hash, afresh.
+        let s = codec
+            .seal(&key, Id::hash(b"next"), b"next", Default::default())
+            .unwrap();
+        p.reuse(f.bytes);
+        p.add(&s);
+        let g = p.finish(&key);
+        assert_eq!(g.id.0, Id::hash(&g.bytes));
+        assert_eq!(g.blobs.len(), 1);
+        assert_eq!(g.blobs[0].offset, 0);
     }
 }
