@@ -486,37 +486,31 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
     eprintln!("FERRY_RETRY_LOCK=2s: exit 11 after {waited:?}");
 
     // The flag, on a restore too.
-    let target = sb.dir("target");
-    let run = sb
-        .ferry([
+    let restore = |target: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
             OsStr::new("agent"),
             OsStr::new("restore"),
             OsStr::new(&id),
             OsStr::new("--target"),
             target.as_os_str(),
-            OsStr::new("--retry-lock"),
-            OsStr::new("1s"),
-        ])
-        .code(EXIT_LOCKED);
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        sb.ferry(args).code(EXIT_LOCKED)
+    };
+    let target = sb.dir("target");
+    let run = restore(&target, &["--retry-lock", "1s"]);
     assert_names_exclusive_holder(&run, prune.pid());
     run.stderr_mentions("gave up after waiting");
     assert_eq!(sb.restic_snapshots_count(), 1, "nothing was written");
-    // The restore filled temporary files while it waited; without the lock they go again.
     assert_eq!(
         fs::read_dir(&target).unwrap().count(),
         0,
         "the target is as empty as it was"
     );
+    // Without a wait the restore starts beside its lock attempt; what it added goes again.
     // A target it had to create goes too.
     let fresh = sb.root().join("fresh-target");
-    sb.ferry([
-        OsStr::new("agent"),
-        OsStr::new("restore"),
-        OsStr::new(&id),
-        OsStr::new("--target"),
-        fresh.as_os_str(),
-    ])
-    .code(EXIT_LOCKED);
+    restore(&fresh, &[]);
     assert!(!fresh.exists(), "no target was left behind");
     // A target holding other content, restored over with --delete: nothing is removed,
     // replaced or added.
@@ -526,15 +520,7 @@ fn an_exclusive_prune_lock_makes_ferry_wait_its_bound_then_exit_11() {
     fs::write(held.join("extra").join("x"), b"x\n").unwrap();
     fs::write(held.join("a.bin"), b"not the snapshot's a.bin").unwrap();
     let before = listing(&held);
-    sb.ferry([
-        OsStr::new("agent"),
-        OsStr::new("restore"),
-        OsStr::new(&id),
-        OsStr::new("--target"),
-        held.as_os_str(),
-        OsStr::new("--delete"),
-    ])
-    .code(EXIT_LOCKED);
+    restore(&held, &["--delete"]);
     assert_eq!(listing(&held), before, "the held target is unchanged");
 
     // Once the prune has finished, the same command succeeds.
