@@ -179,6 +179,26 @@ pub struct Backend {
 }
 
 /// A file's key below the repository root, in restic's default layout.
+/// Flushes a local file (or, with `dir`, a directory) to the disk. Blocking.
+fn flush_to_disk(path: &std::path::Path, dir: bool) -> Result<(), BackendError> {
+    match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+        // Some filesystems (SMB mounts, for one) cannot flush a directory.
+        Err(e) if dir && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => Ok(()),
+        r => r.map_err(|source| BackendError::LocalSync {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Flushes the directory holding `file`, so that its entry survives a power loss. Blocking.
+fn flush_parent_to_disk(file: &std::path::Path) -> Result<(), BackendError> {
+    match file.parent() {
+        Some(dir) => flush_to_disk(dir, true),
+        None => Ok(()),
+    }
+}
+
 fn relative_key(t: FileType, id: &Id) -> String {
     let hex = id.to_hex();
     match t {
@@ -305,27 +325,8 @@ impl Backend {
         };
         let file = root.join(relative_key(t, id));
         tokio::task::spawn_blocking(move || {
-            let synced = |path: &std::path::Path, dir: bool| {
-                let r = std::fs::File::open(path).and_then(|f| f.sync_all());
-                match r {
-                    // Some filesystems (SMB mounts, for one) cannot flush a directory.
-                    Err(e)
-                        if dir
-                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) =>
-                    {
-                        Ok(())
-                    }
-                    r => r.map_err(|source| BackendError::LocalSync {
-                        path: path.display().to_string(),
-                        source,
-                    }),
-                }
-            };
-            synced(&file, false)?;
-            match file.parent() {
-                Some(dir) => synced(dir, true),
-                None => Ok(()),
-            }
+            flush_to_disk(&file, false)?;
+            flush_parent_to_disk(&file)
         })
         .await
         .map_err(|e| BackendError::LocalSync {

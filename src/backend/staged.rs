@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::{Backend, BackendError, FileType, relative_key};
+use super::{Backend, BackendError, FileType, flush_parent_to_disk, relative_key};
 use crate::id::Id;
 
 /// A file written and flushed under a temporary name, not yet under its own.
@@ -82,17 +82,7 @@ impl Backend {
                 path: temp.display().to_string(),
                 source,
             })?;
-            let Some(dir) = path.parent() else {
-                return Ok(());
-            };
-            match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-                // Some filesystems (SMB mounts, for one) cannot flush a directory.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => Ok(()),
-                r => r.map_err(|source| BackendError::LocalSync {
-                    path: dir.display().to_string(),
-                    source,
-                }),
-            }
+            flush_parent_to_disk(&path)
         })
         .await
         .map_err(|e| task_failed(&self.location, e))?

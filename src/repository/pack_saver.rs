@@ -229,16 +229,14 @@ async fn upload_loop(
     // Until the gate opens, packs not staged wait in the channel and in the packer, which
     // then stops taking blobs.
     if let Err(closed) = gate.wait().await {
-        for (file, _) in staged {
-            file.discard();
-        }
+        discard_all(staged);
         return Err(RepoError::Task(format!("store packs: {closed}")));
     }
     let mut stored = Vec::new();
     let mut staged = staged.into_iter();
     while let Some((file, pack)) = staged.next() {
         if let Err(e) = repo.backend().commit(file).await {
-            staged.for_each(|(file, _)| file.discard());
+            discard_all(staged);
             return Err(e.into());
         }
         stats.packs.fetch_add(1, Ordering::Relaxed);
@@ -263,10 +261,7 @@ async fn upload_loop(
                     let FinishedPack { id, bytes, blobs } = pack;
                     let bytes = Bytes::from(bytes);
                     let saved = repo.backend().save(FileType::Pack, &id.0, bytes.clone()).await;
-                    // The pack is stored (or failed): its buffer goes back to the packer, which
-                    // may hand over another pack. A store that still holds the bytes keeps them.
-                    let buf = bytes.try_into_mut().map(Vec::from).unwrap_or_default();
-                    let _ = tokens.try_send(buf);
+                    give_back(&tokens, bytes);
                     saved?;
                     stats.packs.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, RepoError>(IndexPack { id, blobs })
@@ -278,6 +273,20 @@ async fn upload_loop(
         stored.push(join_one(&mut running).await?);
     }
     Ok(stored)
+}
+
+/// Gives a written (or failed) pack's slot back to the packer, with its buffer for the next
+/// pack; a store that still holds the bytes keeps them, and the packer gets an empty one.
+fn give_back(tokens: &crossbeam_channel::Sender<Vec<u8>>, bytes: Bytes) {
+    let buf = bytes.try_into_mut().map(Vec::from).unwrap_or_default();
+    let _ = tokens.try_send(buf);
+}
+
+/// Removes staged packs that will not be committed.
+fn discard_all(staged: impl IntoIterator<Item = (StagedFile, IndexPack)>) {
+    for (file, _) in staged {
+        file.discard();
+    }
 }
 
 /// While the gate is still waiting, writes the packs that arrive for a local directory under
@@ -310,8 +319,7 @@ async fn stage_until_open(
             .backend()
             .stage(FileType::Pack, &id.0, bytes.clone())
             .await;
-        let buf = bytes.try_into_mut().map(Vec::from).unwrap_or_default();
-        let _ = tokens.try_send(buf);
+        give_back(tokens, bytes);
         let failed = match written {
             Ok(Some(file)) => {
                 staged.push((file, IndexPack { id, blobs }));
@@ -320,9 +328,7 @@ async fn stage_until_open(
             Ok(None) => RepoError::Task(format!("stage pack {}: nothing was written", id.short())),
             Err(e) => e.into(),
         };
-        for (file, _) in staged {
-            file.discard();
-        }
+        discard_all(staged);
         return Err(failed);
     }
     Ok(staged)
