@@ -19,6 +19,7 @@ pub mod gojson;
 pub mod host;
 pub mod id;
 pub mod index;
+pub mod kdf_memo;
 pub mod keyfile;
 pub mod location;
 pub mod lockfile;
