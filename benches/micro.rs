@@ -68,7 +68,7 @@ use ferry::chunker::{self, Chunker};
 use ferry::crypto::{self, Key};
 use ferry::id::{BlobType, Id};
 use ferry::pack;
-use ferry::repository::blob::{BlobCodec, Compression, DEFAULT_LEVEL, SealedBlob};
+use ferry::repository::blob::{BlobCodec, Compression, DEFAULT_LEVEL, SealedBlob, SelfCheck};
 use ferry::repository::packer::{FinishedPack, Packer, TARGET_PACK_SIZE};
 use serde_json::{Map, Value, json};
 
@@ -362,7 +362,7 @@ impl<'a> Input<'a> {
                 "seal round trip changed a frame"
             );
             let blob = codec
-                .seal(&key, id, plain, Compression::default())
+                .seal(&key, id, plain, Compression::default(), SelfCheck::Verify)
                 .expect("BlobCodec seals a chunk");
             let mut copy = blob.bytes.clone();
             let opened = codec
@@ -715,7 +715,13 @@ fn blob_seal<'a>(input: &'a Input) -> Stage<'a> {
         timed(|| {
             for (i, &id) in input.ids.iter().enumerate() {
                 let blob = codec
-                    .seal(&input.key, id, input.plain(i), Compression::default())
+                    .seal(
+                        &input.key,
+                        id,
+                        input.plain(i),
+                        Compression::default(),
+                        SelfCheck::Verify,
+                    )
                     .expect("BlobCodec seals a chunk");
                 black_box(blob);
             }
@@ -824,7 +830,13 @@ fn pipeline<'a>(input: &'a Input) -> Stage<'a> {
                     let id = Id::hash(chunk);
                     let data = chunk.to_vec();
                     let blob = codec
-                        .seal(&input.key, id, &data, Compression::default())
+                        .seal(
+                            &input.key,
+                            id,
+                            &data,
+                            Compression::default(),
+                            SelfCheck::Verify,
+                        )
                         .expect("BlobCodec seals a chunk");
                     packer.add(&blob);
                     if packer.is_full() {

@@ -244,7 +244,13 @@ impl Crafter {
             let mut codec = BlobCodec::new();
             for (blob_type, id, plaintext) in pending {
                 let sealed = codec
-                    .seal(repo.key(), id, &plaintext, repo.compression())
+                    .seal(
+                        repo.key(),
+                        id,
+                        &plaintext,
+                        repo.compression(),
+                        Default::default(),
+                    )
                     .expect("seal a crafted blob");
                 sender
                     .send(blob_type, sealed)

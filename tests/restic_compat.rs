@@ -2,7 +2,8 @@
 //! repositories ferry writes pass `restic check --read-data` and restore with restic;
 //! repositories restic writes pass `ferry check --read-data` and restore with ferry; keys added
 //! by either open the repository in the other; ferry reports restic's metadata as restic does;
-//! unchanged and slightly changed data add no or few blobs; and ferry leaves no locks behind.
+//! unchanged and slightly changed data add no or few blobs; blobs stored without ferry's
+//! self-check (`--no-extra-verify`) read back in restic too; and ferry leaves no locks behind.
 
 mod common;
 
@@ -84,6 +85,21 @@ fn ferry_repository_passes_restic_check_and_restores_with_restic() {
         "a snapshot has one absolute path; restic lists {snap}"
     );
 
+    sb.restic(["check", "--read-data"]).ok();
+    let target = sb.dir("restored-by-restic");
+    sb.restic_restore(&summary.snapshot_id, &target);
+    assert_trees_equal(&src, &target, &CompareOptions::exact());
+}
+
+/// `--no-extra-verify` skips only ferry's own check of each blob before it is stored; what is
+/// stored is the same format, which restic reads back in full.
+#[test]
+fn unchecked_blobs_pass_restic_check_and_restore_with_restic() {
+    let sb = Sandbox::new();
+    let src = sb.dir("src");
+    write_mixed_tree(&src, 2);
+    sb.init_with_ferry();
+    let summary = sb.ferry_snapshot(&src, &["--no-extra-verify"]);
     sb.restic(["check", "--read-data"]).ok();
     let target = sb.dir("restored-by-restic");
     sb.restic_restore(&summary.snapshot_id, &target);

@@ -26,7 +26,7 @@ use crate::backend::{Backend, BackendOptions};
 use crate::fsmeta::ReadOptions;
 use crate::location::Location;
 use crate::operations::{self, OpError};
-use crate::repository::{Compression, RepoError, Repository};
+use crate::repository::{Compression, RepoError, Repository, SelfCheck};
 use crate::restorer::RestoreStats;
 use crate::rpc::pb;
 
@@ -177,6 +177,11 @@ impl AgentService {
             .compression
             .parse()
             .map_err(|e: String| Status::invalid_argument(e))?;
+        let self_check = if o.no_extra_verify {
+            SelfCheck::Skip
+        } else {
+            SelfCheck::Verify
+        };
         let options = crate::rpc::backend_options(o, spec.credentials.unwrap_or_default());
         Ok(RepoPlan {
             location: spec.location,
@@ -184,6 +189,7 @@ impl AgentService {
             options,
             connections,
             compression,
+            self_check,
             lock_wait: self.lock_wait,
         })
     }
@@ -274,6 +280,7 @@ struct RepoPlan {
     options: BackendOptions,
     connections: usize,
     compression: Compression,
+    self_check: SelfCheck,
     lock_wait: std::time::Duration,
 }
 
@@ -294,6 +301,7 @@ impl RepoPlan {
         repo.set_lock_tag(Some(job_id.to_string()));
         repo.set_lock_wait(self.lock_wait);
         repo.set_compression(self.compression)?;
+        repo.set_self_check(self.self_check);
         repo.load_index().await?;
         Ok((Arc::new(repo), connections))
     }

@@ -31,7 +31,9 @@ pub fn run(shared: &Shared, chunks: crossbeam_channel::Receiver<NewChunk>) {
 /// (after recording why) when the snapshot has to stop.
 pub fn seal_and_send(shared: &Shared, id: Id, data: &[u8]) -> bool {
     let out = shared.saver.buffer();
-    let sealed = super::with_codec(|c| c.seal_into(&shared.key, id, data, shared.compress, out));
+    let sealed = super::with_codec(|c| {
+        c.seal_into(&shared.key, id, data, shared.compress, shared.check, out)
+    });
     match sealed {
         Ok(s) => {
             if shared.saver.send(BlobType::Data, s).is_err() {

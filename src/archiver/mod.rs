@@ -37,7 +37,7 @@ use crate::id::{BlobId, BlobType, Id, SnapshotId, TreeId};
 use crate::repository::buffer_pool::BufferPool;
 use crate::repository::pack_saver::{BlobSender, PackSaver};
 use crate::repository::write_gate::{self, WriteGate};
-use crate::repository::{BlobCodec, Compression, RepoError, Repository};
+use crate::repository::{BlobCodec, Compression, RepoError, Repository, SelfCheck};
 use crate::snapshot::{Snapshot, SnapshotSummary};
 use crate::tree::Tree;
 
@@ -124,6 +124,7 @@ const CHUNK_BUFFER_MAX: usize = 2 << 20;
 pub struct Shared {
     key: Key,
     compress: Compression,
+    check: SelfCheck,
     repo: Arc<Repository>,
     handle: tokio::runtime::Handle,
     seen: Mutex<HashSet<(BlobType, Id)>>,
@@ -276,6 +277,7 @@ async fn run_snapshot(
     let shared = Arc::new(Shared {
         key: repo.key().clone(),
         compress: repo.compression(),
+        check: repo.self_check(),
         repo: Arc::clone(repo),
         handle: tokio::runtime::Handle::current(),
         seen: Mutex::new(HashSet::new()),

@@ -136,8 +136,9 @@ fn save_tree(shared: &Shared, nodes: Vec<Node>) -> Result<Option<TreeId>, String
         .to_json();
     let id = Id::hash(&json);
     if shared.claim(BlobType::Tree, id) {
-        let sealed = super::with_codec(|c| c.seal(&shared.key, id, &json, shared.compress))
-            .map_err(|e| e.to_string())?;
+        let sealed =
+            super::with_codec(|c| c.seal(&shared.key, id, &json, shared.compress, shared.check))
+                .map_err(|e| e.to_string())?;
         if shared.saver.send(BlobType::Tree, sealed).is_err() {
             return Ok(None);
         }

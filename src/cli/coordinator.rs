@@ -127,6 +127,9 @@ struct RepositoryFile {
     /// `auto` (default), `off`, `max` or a zstd level from 1 to 19.
     #[serde(default)]
     compression: String,
+    /// Store new blobs unchecked (restic's `--no-extra-verify`).
+    #[serde(default)]
+    no_extra_verify: bool,
     /// Send the caller's `AWS_*`, `AZURE_ACCOUNT_*` and `GOOGLE_APPLICATION_CREDENTIALS` as
     /// the store's credentials.
     #[serde(default)]
@@ -260,6 +263,7 @@ fn plan_request(path: &Path) -> anyhow::Result<pb::CreatePlanRequest> {
                 request_timeout_seconds: 0,
                 connections: f.repository.connections,
                 compression: f.repository.compression.clone(),
+                no_extra_verify: f.repository.no_extra_verify,
             }),
             credentials: Some(credentials),
         }),

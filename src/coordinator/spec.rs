@@ -27,6 +27,9 @@ pub struct StoreSettings {
     /// read as empty.
     #[serde(default)]
     pub compression: String,
+    /// `StoreOptions.no_extra_verify`; plans stored before it existed read as false.
+    #[serde(default)]
+    pub no_extra_verify: bool,
 }
 
 /// The non-secret part of a plan, stored as JSON and shown by `GetPlan`.
@@ -143,6 +146,7 @@ pub fn from_request(
             request_timeout_seconds: o.request_timeout_seconds,
             connections: o.connections,
             compression: o.compression,
+            no_extra_verify: o.no_extra_verify,
         },
     };
     let endpoint = |cluster: &str, m: Option<pb::Mount>| {
@@ -219,6 +223,7 @@ pub fn repository_spec(spec: &PlanSpec, secrets: &PlanSecrets) -> pb::Repository
             request_timeout_seconds: s.request_timeout_seconds,
             connections: s.connections,
             compression: s.compression.clone(),
+            no_extra_verify: s.no_extra_verify,
         }),
         credentials: Some(pb::StoreCredentials {
             aws_access_key_id: cred("aws_access_key_id"),
@@ -293,6 +298,29 @@ mod tests {
             repo.credentials.unwrap().aws_secret_access_key,
             "aws-secret"
         );
+    }
+
+    #[test]
+    fn store_settings_reach_the_agents_and_old_plans_read_with_defaults() {
+        let mut r = request();
+        r.repository.as_mut().unwrap().options = Some(pb::StoreOptions {
+            compression: "max".into(),
+            no_extra_verify: true,
+            ..Default::default()
+        });
+        let (spec, _, _, secrets) = from_request(r).unwrap();
+        let options = repository_spec(&spec, &secrets).options.unwrap();
+        assert_eq!(options.compression, "max");
+        assert!(options.no_extra_verify);
+        // A plan stored before these settings existed.
+        let mut json = serde_json::to_value(&spec).unwrap();
+        let store = json["store"].as_object_mut().unwrap();
+        store.remove("compression");
+        store.remove("no_extra_verify");
+        let old: PlanSpec = serde_json::from_value(json).unwrap();
+        let options = repository_spec(&old, &secrets).options.unwrap();
+        assert_eq!(options.compression, "");
+        assert!(!options.no_extra_verify);
     }
 
     #[test]

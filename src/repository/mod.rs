@@ -31,7 +31,7 @@ use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::unpacked;
 
-pub use blob::{BlobCodec, Compression, SealedBlob};
+pub use blob::{BlobCodec, Compression, SealedBlob, SelfCheck};
 pub use error::RepoError;
 
 /// restic's CLI tries at most this many key files before giving up.
@@ -56,6 +56,7 @@ pub struct Repository {
     /// How long taking a lock may wait for conflicting locks (see `lock::set_lock_wait`).
     lock_wait: std::time::Duration,
     compression: Compression,
+    self_check: SelfCheck,
 }
 
 impl std::fmt::Debug for Repository {
@@ -96,6 +97,7 @@ impl Repository {
             lock_tag: None,
             lock_wait: std::time::Duration::ZERO,
             compression: Compression::default(),
+            self_check: SelfCheck::Verify,
             backend,
             key,
             key_id,
@@ -167,6 +169,7 @@ impl Repository {
             lock_tag: None,
             lock_wait: std::time::Duration::ZERO,
             compression,
+            self_check: SelfCheck::Verify,
             backend,
             key,
             key_id,
@@ -234,6 +237,18 @@ impl Repository {
         }
         self.compression = compression;
         Ok(())
+    }
+
+    /// Whether new blobs are opened again and compared with their plaintext before they are
+    /// stored: [`SelfCheck::Verify`] unless [`Repository::set_self_check`] chose otherwise.
+    pub fn self_check(&self) -> SelfCheck {
+        self.self_check
+    }
+
+    /// Chooses whether new blobs are checked before they are stored (restic's
+    /// `--no-extra-verify` is [`SelfCheck::Skip`]).
+    pub fn set_self_check(&mut self, check: SelfCheck) {
+        self.self_check = check;
     }
 
     /// The index loaded by [`Repository::load_index`] (empty before).

@@ -132,6 +132,7 @@ mod tests {
                     Id::hash(d),
                     d,
                     crate::repository::Compression::default(),
+                    crate::repository::SelfCheck::Verify,
                 )
                 .unwrap();
             p.add(&s);
@@ -154,7 +155,13 @@ mod tests {
         }
         // The packer starts its next pack, and that pack's hash, afresh.
         let s = codec
-            .seal(&key, Id::hash(b"next"), b"next", Default::default())
+            .seal(
+                &key,
+                Id::hash(b"next"),
+                b"next",
+                Default::default(),
+                Default::default(),
+            )
             .unwrap();
         p.reuse(f.bytes);
         p.add(&s);
