@@ -200,28 +200,42 @@ impl Key {
     }
 
     /// Whether `sealed` is authentic and decrypts to exactly `expected`, without a copy of
-    /// the envelope: the MAC is checked first, then the ciphertext is decrypted 16 KiB at a
-    /// time into a small buffer and compared. Sealing's self-check uses it.
+    /// the envelope and in one pass over it: each 16 KiB of ciphertext is fed to the MAC and
+    /// decrypted into a small buffer while it is still in cache, and compared. Sealing's
+    /// self-check uses it. A MAC that fails is reported as such even when the bytes also
+    /// differ; nothing decrypted leaves this function.
     ///
     /// # Errors
     /// As [`Key::open`].
     pub fn opens_to(&self, sealed: &[u8], expected: &[u8]) -> Result<bool, CryptoError> {
+        // A multiple of the Poly1305 block, so only the last piece has a partial block.
         const PIECE: usize = 16 * 1024;
-        let (iv, ct) = self.verify(sealed)?;
+        let (iv, ct, tag) = split_envelope(sealed)?;
         if ct.len() != expected.len() {
+            self.check_tag(iv, ct, tag)?;
             return Ok(false);
         }
+        let mut mac = self.poly1305(iv);
         let mut cipher = self.ctr(iv);
         let mut buf = [0u8; PIECE];
+        let mut same = true;
+        let mut partial: &[u8] = &[];
         for (c, e) in ct.chunks(PIECE).zip(expected.chunks(PIECE)) {
-            let out = &mut buf[..c.len()];
-            out.copy_from_slice(c);
-            cipher.apply_keystream(out);
-            if out != e {
-                return Ok(false);
+            let (blocks, rest) = poly1305::Block::slice_as_chunks(c);
+            mac.update(blocks);
+            partial = rest;
+            if same {
+                let out = &mut buf[..c.len()];
+                out.copy_from_slice(c);
+                cipher.apply_keystream(out);
+                same = out == e;
             }
         }
-        Ok(true)
+        buf.fill(0);
+        if !ct_eq(&mac.compute_unpadded(partial), tag) {
+            return Err(CryptoError::Unauthenticated);
+        }
+        Ok(same)
     }
 
     /// The master key JSON restic stores (encrypted) in key files:
@@ -296,17 +310,36 @@ impl Key {
 
     /// Checks length, IV and MAC of `sealed` and returns its IV and ciphertext.
     fn verify<'a>(&self, sealed: &'a [u8]) -> Result<(&'a [u8; IV_LEN], &'a [u8]), CryptoError> {
-        let too_short = || CryptoError::TooShort { len: sealed.len() };
-        let (iv, rest) = sealed.split_first_chunk::<IV_LEN>().ok_or_else(too_short)?;
-        let (ct, tag) = rest.split_last_chunk::<MAC_LEN>().ok_or_else(too_short)?;
-        if iv.iter().all(|&b| b == 0) {
-            return Err(CryptoError::Unauthenticated);
-        }
-        if !ct_eq(&self.tag(iv, ct), tag) {
-            return Err(CryptoError::Unauthenticated);
-        }
+        let (iv, ct, tag) = split_envelope(sealed)?;
+        self.check_tag(iv, ct, tag)?;
         Ok((iv, ct))
     }
+
+    /// [`CryptoError::Unauthenticated`] unless `tag` is the MAC of `ct` under `iv`.
+    fn check_tag(
+        &self,
+        iv: &[u8; IV_LEN],
+        ct: &[u8],
+        tag: &[u8; MAC_LEN],
+    ) -> Result<(), CryptoError> {
+        if ct_eq(&self.tag(iv, ct), tag) {
+            Ok(())
+        } else {
+            Err(CryptoError::Unauthenticated)
+        }
+    }
+}
+
+/// Splits `IV ‖ CT ‖ MAC`, refusing envelopes too short to hold both and the all-zero IV,
+/// which restic refuses.
+fn split_envelope(sealed: &[u8]) -> Result<(&[u8; IV_LEN], &[u8], &[u8; MAC_LEN]), CryptoError> {
+    let too_short = || CryptoError::TooShort { len: sealed.len() };
+    let (iv, rest) = sealed.split_first_chunk::<IV_LEN>().ok_or_else(too_short)?;
+    let (ct, tag) = rest.split_last_chunk::<MAC_LEN>().ok_or_else(too_short)?;
+    if iv.iter().all(|&b| b == 0) {
+        return Err(CryptoError::Unauthenticated);
+    }
+    Ok((iv, ct, tag))
 }
 
 /// Describes a JSON error by kind and position only: serde_json's own messages can quote the
@@ -516,12 +549,24 @@ mod tests {
                 !key.opens_to(&sealed, &[plain.as_slice(), b"x"].concat())
                     .unwrap()
             );
-            let mut bad = sealed.clone();
-            bad[IV_LEN] ^= 1;
-            assert!(matches!(
-                key.opens_to(&bad, &plain),
-                Err(CryptoError::Unauthenticated)
-            ));
+            // A changed byte anywhere (first or last piece, or the tag) fails the MAC, also
+            // when the expected bytes differ too or have another length.
+            for at in [IV_LEN, sealed.len() - MAC_LEN - 1, sealed.len() - 1] {
+                if len == 0 && at < sealed.len() - MAC_LEN {
+                    continue;
+                }
+                let mut bad = sealed.clone();
+                bad[at] ^= 1;
+                for expected in [&plain[..], &[plain.as_slice(), b"x"].concat()] {
+                    assert!(
+                        matches!(
+                            key.opens_to(&bad, expected),
+                            Err(CryptoError::Unauthenticated)
+                        ),
+                        "byte {at} of {len}"
+                    );
+                }
+            }
         }
     }
 
