@@ -330,9 +330,12 @@ impl Key {
     }
 }
 
+/// The parts of an envelope: IV, ciphertext, MAC.
+type Envelope<'a> = (&'a [u8; IV_LEN], &'a [u8], &'a [u8; MAC_LEN]);
+
 /// Splits `IV ‖ CT ‖ MAC`, refusing envelopes too short to hold both and the all-zero IV,
 /// which restic refuses.
-fn split_envelope(sealed: &[u8]) -> Result<(&[u8; IV_LEN], &[u8], &[u8; MAC_LEN]), CryptoError> {
+fn split_envelope(sealed: &[u8]) -> Result<Envelope<'_>, CryptoError> {
     let too_short = || CryptoError::TooShort { len: sealed.len() };
     let (iv, rest) = sealed.split_first_chunk::<IV_LEN>().ok_or_else(too_short)?;
     let (ct, tag) = rest.split_last_chunk::<MAC_LEN>().ok_or_else(too_short)?;
