@@ -234,7 +234,8 @@ async fn conformance(b: &Backend, store: &Store<'_>) {
     }
 }
 
-/// Ranged reads of the middle, the end, the whole, and a single byte at either end.
+/// Ranged reads of the middle, the end, the whole, and a single byte at either end, with
+/// `load_range` and with `load_range_into` reusing one buffer that holds other bytes.
 async fn check_ranges(b: &Backend, store: &Store<'_>, t: FileType, id: &Id, bytes: &Bytes) {
     let len = bytes.len() as u64;
     let ranges = [
@@ -244,19 +245,42 @@ async fn check_ranges(b: &Backend, store: &Store<'_>, t: FileType, id: &Id, byte
         0..1,
         len - 1..len,
     ];
+    let mut reused = vec![0xa5u8; bytes.len() + 100];
     for range in ranges {
+        let want = bytes.slice(range.start as usize..range.end as usize);
         let read = b
             .load_range(t, id, range.clone())
             .await
             .unwrap_or_else(|e| panic!("{}: load_range {range:?} of {id}: {e}", store.name));
         assert_eq!(
             read,
-            bytes.slice(range.start as usize..range.end as usize),
+            want,
             "{}: load_range {range:?} of {} {id}",
             store.name,
             t.noun()
         );
+        reused = b
+            .load_range_into(t, id, range.clone(), reused)
+            .await
+            .unwrap_or_else(|e| panic!("{}: load_range_into {range:?} of {id}: {e}", store.name));
+        assert_eq!(
+            reused,
+            want,
+            "{}: load_range_into {range:?} of {} {id}",
+            store.name,
+            t.noun()
+        );
     }
+    let missing = Id::hash(b"no such file");
+    let err = b
+        .load_range_into(FileType::Pack, &missing, 0..1, reused)
+        .await
+        .expect_err("a missing file has no range to read");
+    assert!(
+        err.is_not_found(),
+        "{}: load_range_into of a missing file: {err}",
+        store.name
+    );
 }
 
 /// Asserts that each kind lists exactly the ids and sizes of `expected`, in id order.

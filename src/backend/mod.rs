@@ -137,6 +137,17 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading a range of a file in a local directory failed.
+    #[error("read {range:?} of {path}: {source}")]
+    LocalRead {
+        /// The file.
+        path: String,
+        /// The byte range asked for.
+        range: Range<u64>,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing or renaming a file in a local directory failed.
     #[error("{op} {path}: {source}")]
     LocalWrite {
@@ -155,6 +166,35 @@ impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
     }
+}
+
+/// Reads `range` of the file at `path` into `buf` (cleared first) without zeroing it first:
+/// up to the end of the file when the range runs past it; an empty range, or one that starts
+/// at or past the end, is an error, as in [`Backend::load_range`].
+fn read_local_range(
+    path: &std::path::Path,
+    range: Range<u64>,
+    mut buf: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    if range.start >= range.end {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the range is empty",
+        ));
+    }
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(range.start))?;
+    buf.clear();
+    buf.reserve(usize::try_from(range.end - range.start).unwrap_or(usize::MAX));
+    file.take(range.end - range.start).read_to_end(&mut buf)?;
+    if buf.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the range starts at or past the end of the file",
+        ));
+    }
+    Ok(buf)
 }
 
 /// One stored object as listed: its id and size in bytes.
@@ -420,6 +460,45 @@ impl Backend {
         })
         .await
         .map_err(|e| self.map_err("read range of", key, e))
+    }
+
+    /// As [`Backend::load_range`], into `buf` (cleared first, grown as needed), which comes
+    /// back holding exactly the bytes read. In a local directory they are read straight into
+    /// `buf`, so a caller that passes the same few buffers round maps and zeroes no fresh
+    /// memory per read (a fresh multi-MiB buffer per read was ~6% of a restore's CPU); other
+    /// stores read as `load_range` does and copy into `buf`.
+    pub async fn load_range_into(
+        &self,
+        t: FileType,
+        id: &Id,
+        range: Range<u64>,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let Some(root) = &self.local_root else {
+            let bytes = self.load_range(t, id, range).await?;
+            buf.clear();
+            buf.extend_from_slice(&bytes);
+            return Ok(buf);
+        };
+        let file = root.join(relative_key(t, id));
+        let wanted = range.clone();
+        let read = tokio::task::spawn_blocking(move || read_local_range(&file, wanted, buf))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        read.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                BackendError::NotFound {
+                    key: self.key(t, id),
+                    location: self.location.clone(),
+                }
+            } else {
+                BackendError::LocalRead {
+                    path: root.join(relative_key(t, id)).display().to_string(),
+                    range,
+                    source,
+                }
+            }
+        })
     }
 
     /// The size of a file in bytes.

@@ -1,7 +1,8 @@
 //! Writing file content: one pass over the packs, every blob written where it is used.
 //!
 //! Each needed blob is read once: neighbouring blobs of a pack are read together in ranged
-//! reads of at most 4 MiB, on the tokio side with a bounded number of reads in flight. Writer
+//! reads of at most 4 MiB into buffers the writers hand back (so no read maps fresh memory),
+//! on the tokio side with a bounded number of reads in flight. Writer
 //! threads open the blobs (decrypt, decompress, verify the id) and write each blob's plaintext
 //! at its offset in every file that uses it. A file is created (truncated, then extended to
 //! its full size, so that never-written ranges are holes) by whichever writer first touches
@@ -13,12 +14,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::backend::FileType;
 use crate::crypto::Key;
 use crate::id::PackId;
+use crate::repository::buffer_pool::BufferPool;
 use crate::repository::{BlobCodec, Repository};
 
 use super::plan::{Plan, PlannedBlob, PlannedFile};
@@ -199,11 +200,18 @@ pub async fn write_all(
     cancel: &tokio_util::sync::CancellationToken,
 ) {
     let threads = threads.max(1);
+    let connections = connections.max(1);
     let groups = read_groups(w.plan);
     let (tx, rx) =
-        tokio::sync::mpsc::channel::<(&ReadGroup<'_>, Bytes)>(threads * QUEUE_PER_WRITER);
+        tokio::sync::mpsc::channel::<(&ReadGroup<'_>, Vec<u8>)>(threads * QUEUE_PER_WRITER);
     let rx = Mutex::new(rx);
     let key = repo.key().clone();
+    // A buffer is being read into, queued, or being written: never more than this many.
+    let buffers = BufferPool::new(
+        connections + threads * (QUEUE_PER_WRITER + 1),
+        MAX_READ as usize,
+    );
+    let buffers = &buffers;
     let reader = async {
         let mut reads = futures::stream::iter(&groups)
             .map(|g| {
@@ -211,13 +219,13 @@ pub async fn write_all(
                 async move {
                     let bytes = repo
                         .backend()
-                        .load_range(FileType::Pack, &g.pack.0, g.start..g.end)
+                        .load_range_into(FileType::Pack, &g.pack.0, g.start..g.end, buffers.take())
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok::<_, String>((g, bytes))
                 }
             })
-            .buffered(connections.max(1));
+            .buffered(connections);
         loop {
             let r = tokio::select! {
                 r = reads.next() => r,
@@ -247,15 +255,11 @@ pub async fn write_all(
                         let mut codec = BlobCodec::new();
                         loop {
                             let next = rx.lock().expect("queue lock").blocking_recv();
-                            let Some((group, bytes)) = next else {
+                            let Some((group, mut bytes)) = next else {
                                 break;
                             };
-                            // A buffer the store handed over whole is decrypted where it
-                            // lies; a shared one is copied first.
-                            let mut bytes = bytes
-                                .try_into_mut()
-                                .unwrap_or_else(|shared| shared.as_ref().into());
                             w.write_group(&mut codec, key, group, &mut bytes);
+                            buffers.give(bytes);
                         }
                     })
                     .expect("spawn writer thread");
