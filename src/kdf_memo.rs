@@ -9,8 +9,8 @@
 //! result is a pure function of those inputs, so a hit returns exactly what scrypt would.
 //!
 //! Contracts:
-//! - Only keys that opened their key file's sealed master key are remembered ([`remember`]
-//!   is called after the MAC check), so a wrong password never enters the memo and a
+//! - Only keys that opened their key file's sealed master key are remembered
+//!   ([`Memo::remember`] is called after the MAC check), so a wrong password never enters the memo and a
 //!   lookup with one always misses: the password is checked by scrypt every time it is new.
 //! - The fingerprint is SHA-256 over a random per-process secret followed by the inputs, so
 //!   what the memo holds is not a fast hash of the password that could be attacked offline
@@ -95,8 +95,8 @@ impl Memo {
         entries.truncate(self.capacity);
     }
 
-    /// The entries; a panic elsewhere while holding the lock leaves them consistent (every
-    /// change is a single `VecDeque` call), so poisoning is ignored.
+    /// The entries. Poisoning is ignored: every step of a change leaves a list of distinct
+    /// fingerprints with valid keys, whatever point a panic stopped it at.
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Fingerprint, Key)>> {
         self.entries
             .lock()

@@ -481,8 +481,8 @@ impl Backend {
             return Ok(buf);
         };
         let file = root.join(relative_key(t, id));
-        let wanted = range.clone();
-        let read = tokio::task::spawn_blocking(move || read_local_range(&file, wanted, buf))
+        let (path, wanted) = (file.clone(), range.clone());
+        let read = tokio::task::spawn_blocking(move || read_local_range(&path, wanted, buf))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         read.map_err(|source| {
@@ -493,7 +493,7 @@ impl Backend {
                 }
             } else {
                 BackendError::LocalRead {
-                    path: root.join(relative_key(t, id)).display().to_string(),
+                    path: file.display().to_string(),
                     range,
                     source,
                 }
